@@ -1,0 +1,6 @@
+"""The backbone and recipe registries."""
+
+from bench.registry import Registry
+
+BACKBONES = Registry("backbone")
+RECIPES = Registry("recipe")

@@ -1,0 +1,171 @@
+"""Training recipes (``source``, ``joint-kd``, ``joint-mae``) with standard 3D augmentations.
+
+Each step takes a few training scenes, augments them (rotation about z, scaling, flips, jitter,
+colour jitter; point order is kept so lifted teacher features stay attached), and minimises
+cross-entropy plus the recipe's auxiliary loss: distillation of the lifted 2D teacher features
+through the 2D-feature projector (``joint-kd``, the TTT-KD joint training) or reconstruction of the
+input features of masked blocks through the reconstruction head (``joint-mae``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from backbones.batch import PointBatch, make_batch, scene_features
+from backbones.losses import block_mask, distill_loss, masked_input, reconstruction_loss
+from backbones.model import SegModel
+from backbones.registry import RECIPES
+from bench.data.classes import NUM_CLASSES
+from bench.data.scene import Scene
+from bench.metrics import confusion, miou
+from bench.progress import progress
+
+log = logging.getLogger(__name__)
+
+TeacherFn = Callable[[Scene], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    scenes_per_step: int = 2
+    kd_weight: float = 0.0
+    kd_loss: str = "cosine"
+    mae_weight: float = 0.0
+    mae_ratio: float = 0.5
+    mae_cell: float = 0.4
+    augment: bool = True
+    grad_clip: float = 10.0
+
+
+@RECIPES.register("source", config=TrainConfig, teacher=False, mae=False)
+def _source():
+    """segmentation loss only (the Source-Only model)"""
+
+
+@dataclass
+class JointKDConfig(TrainConfig):
+    kd_weight: float = 1.0
+
+
+@RECIPES.register("joint-kd", config=JointKDConfig, teacher=True, mae=False)
+def _joint_kd():
+    """segmentation + distillation of lifted 2D teacher features (TTT-KD's joint training)"""
+
+
+@dataclass
+class JointMAEConfig(TrainConfig):
+    mae_weight: float = 1.0
+
+
+@RECIPES.register("joint-mae", config=JointMAEConfig, teacher=False, mae=True)
+def _joint_mae():
+    """segmentation + masked-point reconstruction (for TTT-MAE)"""
+
+
+def augment(scene: Scene, feat: np.ndarray, features: tuple[str, ...], rng: np.random.Generator):
+    """Rotated/scaled/flipped/jittered coordinates and colour-jittered features of one scene."""
+    a = rng.uniform(0, 2 * math.pi)
+    r = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]], dtype=np.float32)
+    flip = np.diag([rng.choice([-1.0, 1.0]), rng.choice([-1.0, 1.0]), 1.0]).astype(np.float32)
+    m = r @ flip
+    coord = (scene.coord - scene.coord.mean(0)) @ m.T * rng.uniform(0.9, 1.1)
+    coord = coord + rng.normal(0, 0.005, coord.shape)
+    feat = feat.copy()
+    off = 0
+    for f in features:
+        if f == "color":
+            c = (feat[:, off:off + 3] + 1) / 2
+            c = c * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1, 3)
+            feat[:, off:off + 3] = np.clip(c, 0, 1) * 2 - 1
+            off += 3
+        elif f == "normal":
+            feat[:, off:off + 3] = feat[:, off:off + 3] @ m.T
+            off += 3
+        else:
+            off += 1
+    return coord.astype(np.float32), feat.astype(np.float32)
+
+
+@torch.no_grad()
+def evaluate(model: SegModel, scenes: list[Scene], device, classes: tuple[int, ...] | None = None) -> float:
+    model.eval()
+    conf = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for s in scenes:
+        b = make_batch([s], model.spec.features).to(device)
+        pred = model(b)["seg"].argmax(1).cpu().numpy()
+        conf += confusion(pred, s.label, NUM_CLASSES, classes)
+    return miou(conf, classes)
+
+
+def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scenes: list[Scene], seed: int,
+          device, teacher_fn: TeacherFn | None = None, desc: str = "train") -> dict:
+    """Train ``model`` in place; returns a summary (seconds, final val mIoU, losses)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    features = model.spec.features
+    feats = [scene_features(s, features) for s in train_scenes]
+    targets = [teacher_fn(s) for s in train_scenes] if cfg.kd_weight > 0 else None
+    steps_per_epoch = max(1, math.ceil(len(train_scenes) / cfg.scenes_per_step))
+    total = cfg.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    heads = ("seg",) + (("kd",) if cfg.kd_weight > 0 else ()) + (("mae",) if cfg.mae_weight > 0 else ())
+    t0, history = time.perf_counter(), []
+    with progress() as bar:
+        task = bar.add_task(desc, total=total, info="")
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = rng.permutation(len(train_scenes))
+            losses = []
+            for i in range(steps_per_epoch):
+                idx = order[i * cfg.scenes_per_step:(i + 1) * cfg.scenes_per_step]
+                if len(idx) == 0:
+                    continue
+                chosen = [train_scenes[j] for j in idx]
+                if cfg.augment:
+                    aug = [augment(train_scenes[j], feats[j], features, rng) for j in idx]
+                    batch = make_batch(chosen, features, [a[0] for a in aug], [a[1] for a in aug])
+                else:
+                    batch = make_batch(chosen, features, feats=[feats[j] for j in idx])
+                batch = batch.to(device)
+                label = torch.from_numpy(np.concatenate([s.label for s in chosen])).to(device)
+                loss = _step_loss(model, batch, label, cfg, heads, targets, idx, gen, device)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                losses.append(float(loss))
+                bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.3f}")
+            val = evaluate(model, val_scenes, device) if val_scenes else float("nan")
+            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_miou": val})
+            log.info("%s epoch %d/%d loss %.4f val mIoU %.4f", desc, epoch + 1, cfg.epochs, np.mean(losses), val)
+    model.eval()
+    return {"train_seconds": time.perf_counter() - t0, "val_miou": history[-1]["val_miou"],
+            "final_loss": history[-1]["loss"], "history": history}
+
+
+def _step_loss(model, batch: PointBatch, label, cfg: TrainConfig, heads, targets, idx, gen, device):
+    out = model(batch, tuple(h for h in heads if h != "mae"))
+    loss = F.cross_entropy(out["seg"], label, ignore_index=-1)
+    if cfg.kd_weight > 0:
+        t = torch.from_numpy(np.concatenate([targets[j][0] for j in idx])).float().to(device)
+        m = torch.from_numpy(np.concatenate([targets[j][1] for j in idx])).to(device)
+        loss = loss + cfg.kd_weight * distill_loss(out["kd"], t, m, cfg.kd_loss)
+    if cfg.mae_weight > 0:  # the reconstruction branch sees the masked input, segmentation the full one
+        mask = block_mask(batch, cfg.mae_ratio, cfg.mae_cell, gen)
+        rec = model(masked_input(batch, mask), ("mae",))["mae"]
+        loss = loss + cfg.mae_weight * reconstruction_loss(rec, batch, mask)
+    return loss

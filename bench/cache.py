@@ -1,0 +1,73 @@
+"""The one cache folder (generated scenes, teacher features, checkpoints) and atomic file helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "TTT_BENCH_CACHE"
+_override: Path | None = None
+
+
+def set_cache_dir(path: str | Path | None) -> None:
+    global _override
+    _override = Path(path).expanduser() if path else None
+
+
+def cache_dir() -> Path:
+    """``--cache-dir`` if given, else $TTT_BENCH_CACHE, else ~/.cache/ttt-bench."""
+    p = _override or Path(os.environ.get(ENV_VAR, "~/.cache/ttt-bench")).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """A short hash of a JSON-able object (keys sorted), used for cache keys and cell ids."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def file_hash(path: Path, n: int = 16) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def atomic_write(path: Path, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then rename the temporary file onto ``path`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True):
+    """An exclusive advisory lock on ``path`` (created if absent). Yields True if acquired."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,264 @@
+"""The one scene format: in-memory ``Scene``/``View`` and the on-disk per-scene folder layout.
+
+On disk (Pointcept's layout plus paired views)::
+
+    SCENE/coord.npy        (N,3) float32, metres
+    SCENE/color.npy        (N,3) uint8
+    SCENE/normal.npy       (N,3) float32, optional
+    SCENE/<label file>     (N,) or (N,1) integer, -1 = ignore (segment.npy; ScanNet: segment20.npy)
+    SCENE/views/intrinsic.txt        3x3 (or 4x4) pinhole intrinsic of the colour images
+    SCENE/views/NNNNN.png|jpg        colour image
+    SCENE/views/NNNNN_depth.png      uint16 depth in millimetres, 0 = no depth
+    SCENE/views/NNNNN_pose.txt       4x4 camera-to-world
+    SCENE/views/NNNNN_label.png      optional uint8 label map (255 = ignore), synthetic data only
+
+Depth maps may have another resolution than the colour image (as in ScanNet); the reader rescales
+them to the image size by nearest-neighbour sampling so that one intrinsic serves both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class View:
+    image: np.ndarray  # (H,W,3) uint8
+    depth: np.ndarray  # (H,W) float32 metres, 0 = no depth
+    intrinsic: np.ndarray  # (3,3) float32
+    cam_to_world: np.ndarray  # (4,4) float32
+    label: np.ndarray | None = None  # (H,W) int64, -1 = ignore (synthetic views only)
+
+    def validate(self, where: str) -> None:
+        h, w = self.image.shape[:2]
+        _check(self.image.ndim == 3 and self.image.shape[2] == 3 and self.image.dtype == np.uint8,
+               where, f"image must be (H,W,3) uint8, got {self.image.shape} {self.image.dtype}")
+        _check(self.depth.shape == (h, w), where, f"depth shape {self.depth.shape} != image {(h, w)}")
+        _check(bool(np.isfinite(self.depth).all()) and bool((self.depth >= 0).all()), where,
+               "depth has negative or non-finite values")
+        _check(self.intrinsic.shape == (3, 3) and bool(np.isfinite(self.intrinsic).all()), where,
+               f"intrinsic must be a finite 3x3 matrix, got shape {self.intrinsic.shape}")
+        _check(self.cam_to_world.shape == (4, 4) and bool(np.isfinite(self.cam_to_world).all()), where,
+               "pose must be a finite 4x4 camera-to-world matrix")
+        if self.label is not None:
+            _check(self.label.shape == (h, w), where, f"label map shape {self.label.shape} != {(h, w)}")
+
+
+@dataclass
+class Scene:
+    name: str
+    dataset: str
+    coord: np.ndarray  # (N,3) float32
+    color: np.ndarray  # (N,3) float32 in [0,1]
+    label: np.ndarray  # (N,) int64, -1 = ignore
+    normal: np.ndarray | None = None  # (N,3) float32
+    views: list[View] = field(default_factory=list)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.coord.shape[0])
+
+    def validate(self, where: str | None = None, num_classes: int | None = None) -> Scene:
+        where = where or f"scene {self.dataset}/{self.name}"
+        n = self.coord.shape[0] if self.coord.ndim == 2 else -1
+        _check(self.coord.ndim == 2 and self.coord.shape[1] == 3, where,
+               f"coord must be (N,3), got {self.coord.shape}")
+        _check(n > 0, where, "scene has no points")
+        _check(self.coord.dtype == np.float32, where, f"coord must be float32, got {self.coord.dtype}")
+        _check(bool(np.isfinite(self.coord).all()), where,
+               f"coord has {int((~np.isfinite(self.coord)).any(1).sum())} non-finite points")
+        _check(self.color.shape == (n, 3), where, f"color shape {self.color.shape} != ({n}, 3)")
+        _check(self.color.dtype == np.float32 and bool(np.isfinite(self.color).all()), where,
+               "color must be finite float32")
+        _check(float(self.color.min()) >= 0.0 and float(self.color.max()) <= 1.0, where,
+               "color must lie in [0,1]")
+        _check(self.label.shape == (n,), where, f"label shape {self.label.shape} != ({n},)")
+        _check(self.label.dtype == np.int64, where, f"label must be int64, got {self.label.dtype}")
+        if num_classes is not None and n:
+            bad = (self.label < -1) | (self.label >= num_classes)
+            if bad.any():
+                _check(False, where, f"{int(bad.sum())} labels outside [-1, {num_classes - 1}] "
+                       f"(e.g. {int(self.label[bad][0])})")
+        if self.normal is not None:
+            _check(self.normal.shape == (n, 3) and bool(np.isfinite(self.normal).all()), where,
+                   f"normal must be finite (N,3), got {self.normal.shape}")
+        for i, v in enumerate(self.views):
+            v.validate(f"{where} view {i}")
+        return self
+
+
+def _check(ok: bool, where, msg: str) -> None:
+    if not ok:
+        raise BenchError(f"{where}: {msg}. Fix or regenerate the scene.")
+
+
+# ------------------------------------------------------------------------------------------- writer
+def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> Path:
+    """Write ``scene`` to ``folder`` atomically (a temporary folder renamed into place)."""
+    scene.validate()
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        np.save(tmp / "coord.npy", scene.coord.astype(np.float32))
+        np.save(tmp / "color.npy", np.clip(np.round(scene.color * 255.0), 0, 255).astype(np.uint8))
+        if scene.normal is not None:
+            np.save(tmp / "normal.npy", scene.normal.astype(np.float32))
+        np.save(tmp / label_file, scene.label.astype(np.int16))
+        if scene.views:
+            vdir = tmp / "views"
+            vdir.mkdir()
+            np.savetxt(vdir / "intrinsic.txt", scene.views[0].intrinsic, fmt="%.6f")
+            for i, v in enumerate(scene.views):
+                if not np.allclose(v.intrinsic, scene.views[0].intrinsic):
+                    raise BenchError(f"scene {scene.name}: all views of a scene must share one intrinsic")
+                Image.fromarray(v.image).save(vdir / f"{i:05d}.png")
+                mm = np.clip(np.round(v.depth * 1000.0), 0, 65535).astype(np.uint16)
+                Image.fromarray(mm).save(vdir / f"{i:05d}_depth.png")
+                np.savetxt(vdir / f"{i:05d}_pose.txt", v.cam_to_world, fmt="%.6f")
+                if v.label is not None:
+                    lab = np.where(v.label < 0, 255, v.label).astype(np.uint8)
+                    Image.fromarray(lab).save(vdir / f"{i:05d}_label.png")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- reader
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise BenchError(f"{path}: file missing. Check the data root or regenerate the scene.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy raises many types for corrupt files
+        raise BenchError(f"{path}: cannot read as .npy ({e}). Re-export or regenerate this file.") from e
+
+
+def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.ndarray | None = None):
+    """Read coord/color/normal/labels of one scene folder; labels mapped through ``label_map``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BenchError(f"{folder}: scene folder not found. Check the data root and split list.")
+    coord = _load_npy(folder / "coord.npy")
+    if coord.ndim != 2 or coord.shape[1] != 3:
+        raise BenchError(f"{folder / 'coord.npy'}: expected shape (N,3), got {coord.shape}")
+    if coord.shape[0] == 0:
+        raise BenchError(f"{folder / 'coord.npy'}: scene has no points")
+    if not np.isfinite(coord).all():
+        raise BenchError(f"{folder / 'coord.npy'}: {int((~np.isfinite(coord)).any(1).sum())} points have "
+                         "NaN/inf coordinates; clean the export")
+    n = coord.shape[0]
+    color = _load_npy(folder / "color.npy")
+    if color.shape != (n, 3):
+        raise BenchError(f"{folder / 'color.npy'}: expected shape ({n}, 3), got {color.shape}")
+    color = color.astype(np.float32) / (255.0 if color.dtype == np.uint8 or color.max() > 1.0 else 1.0)
+    normal = None
+    if (folder / "normal.npy").is_file():
+        normal = _load_npy(folder / "normal.npy").astype(np.float32)
+        if normal.shape != (n, 3):
+            raise BenchError(f"{folder / 'normal.npy'}: expected shape ({n}, 3), got {normal.shape}")
+    label = _load_npy(folder / label_file)
+    if label.ndim == 2 and label.shape[1] == 1:
+        label = label[:, 0]
+    if label.shape != (n,):
+        raise BenchError(f"{folder / label_file}: expected {n} labels, got shape {label.shape}")
+    if not np.issubdtype(label.dtype, np.integer):
+        raise BenchError(f"{folder / label_file}: labels must be integers, got {label.dtype}")
+    label = label.astype(np.int64)
+    if label_map is not None:
+        bad = (label < -1) | (label >= len(label_map))
+        if bad.any():
+            raise BenchError(f"{folder / label_file}: {int(bad.sum())} labels outside [-1, {len(label_map) - 1}] "
+                             f"(e.g. {int(label[bad][0])}); is this the right dataset/label file?")
+        label = np.where(label < 0, -1, label_map[np.clip(label, 0, None)])
+    return coord.astype(np.float32), color, normal, label
+
+
+def read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001
+        raise BenchError(f"{path}: cannot read image ({e})") from e
+
+
+def read_depth(path: Path, size: tuple[int, int] | None = None, scale: float = 1000.0) -> np.ndarray:
+    """A uint16 depth PNG in millimetres as float32 metres, resized (nearest) to ``size`` = (H, W)."""
+    try:
+        with Image.open(path) as im:
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.NEAREST)
+            d = np.asarray(im, dtype=np.float32) / scale
+    except Exception as e:  # noqa: BLE001
+        raise BenchError(f"{path}: cannot read depth image ({e})") from e
+    return d
+
+
+def read_matrix(path: Path, shape=(4, 4)) -> np.ndarray:
+    if not path.is_file():
+        raise BenchError(f"{path}: file missing")
+    try:
+        m = np.loadtxt(path, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001
+        raise BenchError(f"{path}: cannot parse matrix ({e})") from e
+    if shape == (3, 3) and m.shape == (4, 4):
+        m = m[:3, :3]
+    if m.shape != shape:
+        raise BenchError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, got shape {m.shape}")
+    return m.astype(np.float32)
+
+
+def read_views(vdir: Path) -> list[View]:
+    """Read the ``views/`` folder of the scene layout; views with a non-finite pose are skipped (logged)."""
+    if not vdir.is_dir():
+        return []
+    intrinsic = read_matrix(vdir / "intrinsic.txt", (3, 3))
+    stems = sorted(p.stem for p in vdir.iterdir() if p.suffix in (".png", ".jpg") and p.stem.isdigit())
+    views, skipped = [], 0
+    for s in stems:
+        img_path = vdir / f"{s}.png" if (vdir / f"{s}.png").is_file() else vdir / f"{s}.jpg"
+        pose_path, depth_path = vdir / f"{s}_pose.txt", vdir / f"{s}_depth.png"
+        if not pose_path.is_file():
+            raise BenchError(f"{pose_path}: pose missing for view {img_path.name}; export it or delete the view")
+        if not depth_path.is_file():
+            raise BenchError(f"{depth_path}: depth missing for view {img_path.name}; export it or delete the view")
+        pose = read_matrix(pose_path)
+        if not np.isfinite(pose).all():
+            skipped += 1
+            continue
+        image = read_image(img_path)
+        depth = read_depth(depth_path, image.shape[:2])
+        label = None
+        lab_path = vdir / f"{s}_label.png"
+        if lab_path.is_file():
+            with Image.open(lab_path) as im:
+                lab = np.asarray(im, dtype=np.int64)
+            label = np.where(lab == 255, -1, lab)
+        views.append(View(image, depth, intrinsic, pose, label))
+    if skipped:
+        log.info("%s: skipped %d views with invalid (inf/NaN) poses", vdir, skipped)
+    return views
+
+
+def read_scene(folder: Path, dataset: str, label_file: str = "segment.npy", label_map=None,
+               num_classes: int | None = None, with_views: bool = True) -> Scene:
+    folder = Path(folder)
+    coord, color, normal, label = read_points(folder, label_file, label_map)
+    views = read_views(folder / "views") if with_views else []
+    return Scene(folder.name, dataset, coord, color, label, normal, views).validate(str(folder), num_classes)
