@@ -42,8 +42,7 @@ def set_conv_algo(model: nn.Module, device: torch.device | str) -> None:
 def voxelize(batch: PointBatch, voxel_size: float):
     """Voxel grid indices (batch, x, y, z) of the occupied voxels, and each point's voxel."""
     c = batch.coord
-    mins = torch.zeros(batch.num_scenes, 3, device=c.device).index_reduce_(
-        0, batch.batch, c, "amin", include_self=False)
+    mins = torch.stack([c[batch.batch == i].min(0).values for i in range(batch.num_scenes)])
     grid = torch.floor((c - mins[batch.batch]) / voxel_size).long()
     dims = grid.max(0).values + 1
     key = ((batch.batch * dims[0] + grid[:, 0]) * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]

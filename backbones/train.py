@@ -147,7 +147,7 @@ def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scen
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.3f}")
             val = evaluate(model, val_scenes, device) if val_scenes else float("nan")
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_miou": val})

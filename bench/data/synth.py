@@ -129,7 +129,7 @@ DOMAINS: dict[str, Domain] = {
 class SynthConfig:
     """Sizes of the generated data (the same for every domain)."""
 
-    views: int = 6  # paired views per scene
+    views: int = 10  # paired views per scene
     view_hw: tuple[int, int] = (96, 128)
     view_fov_deg: float = 70.0
     scan_hw: tuple[int, int] = (48, 64)

@@ -1,0 +1,69 @@
+"""The checkpoint cache: a trained model is stored under a hash of everything that defines it.
+
+Key = (model spec incl. backbone config, recipe and its settings, teacher, training data fingerprint,
+train-scene count, seed, model code version). A checkpoint that cannot be read, or whose stored key
+does not match, is retrained with a warning, never silently used. Loading uses
+``torch.load(weights_only=True)``. A file lock per key stops two workers training the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from backbones.model import MODEL_CODE_VERSION, ModelSpec, SegModel, build_model
+from bench.cache import atomic_write, cache_dir, file_lock, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_key(spec: ModelSpec, recipe: str, train_cfg: dict, teacher: dict | None, data: dict,
+                   n_train: int, seed: int) -> dict:
+    return {"model": spec.to_dict(), "recipe": recipe, "train": train_cfg, "teacher": teacher, "data": data,
+            "n_train": n_train, "seed": seed, "code": MODEL_CODE_VERSION}
+
+
+def get_or_train(key: dict, spec: ModelSpec, train_fn: Callable[[SegModel], dict], device,
+                 root: Path | None = None) -> tuple[SegModel, dict]:
+    """Load the model of ``key`` from the cache or train it with ``train_fn`` and store it.
+
+    Returns (model in eval mode, info with 'cache' = hit|miss|retrained and 'train_seconds')."""
+    root = Path(root) if root else cache_dir() / "checkpoints"
+    h = stable_hash(key, 24)
+    path = root / f"{h}.pt"
+    with file_lock(root / f".{h}.lock"):
+        status = "miss"
+        if path.is_file():
+            model, meta, problem = _load(path, key, spec, device)
+            if model is not None:
+                return model, {"cache": "hit", "train_seconds": meta.get("train_seconds", 0.0), "path": str(path)}
+            log.warning("checkpoint %s is unusable (%s); retraining", path, problem)
+            status = "retrained"
+        torch.manual_seed(key["seed"])
+        model = build_model(spec, device)
+        info = train_fn(model)
+        meta = {"key": json.dumps(key, sort_keys=True, default=str), "train_seconds": float(info["train_seconds"]),
+                "val_miou": float(info.get("val_miou", float("nan")))}
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        atomic_write(path, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
+        model.eval()
+        return model, {"cache": status, "train_seconds": meta["train_seconds"], "path": str(path)}
+
+
+def _load(path: Path, key: dict, spec: ModelSpec, device):
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = ckpt["meta"]
+        if meta["key"] != json.dumps(key, sort_keys=True, default=str):
+            return None, None, "its stored key differs from the requested model"
+        model = build_model(spec, "cpu")
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is retrained
+        return None, None, f"{type(e).__name__}: {e}"
+    from backbones.model import to_device
+
+    return to_device(model, device).eval(), meta, None

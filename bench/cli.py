@@ -1,0 +1,184 @@
+"""Command line: ``python -m bench {list,run,report,show,profile}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.errors import BenchError
+
+console = Console(stderr=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench", description="ttt-bench: test-time adaptation of 3D "
+                                 "semantic segmentation, crossed with teachers, backbones and dataset pairs")
+    ap.add_argument("--cache-dir", help="cache folder (default $TTT_BENCH_CACHE or ~/.cache/ttt-bench)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("list", help="print every registered method, backbone, recipe, teacher, dataset, corruption")
+
+    r = sub.add_parser("run", help="run a grid")
+    r.add_argument("--grid", required=True, help="grid name (bench/grids/NAME.toml) or path to a .toml")
+    r.add_argument("--out", type=Path, help="results folder (default results/NAME)")
+    r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="run only cells matching (repeatable): method, label, source, target, backbone, teacher, seed")
+    r.add_argument("--executor", default="inprocess", choices=["inprocess", "pool", "ray"])
+    r.add_argument("--workers", type=int, default=1, help="processes (pool) or CPUs (local ray)")
+    r.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    r.add_argument("--device", help="override the grid's device (cpu, cuda, cuda:1)")
+    r.add_argument("--teacher-weights", action="append", default=[], metavar="TEACHER=PATH",
+                   help="local checkpoint for a teacher, e.g. dinov2=/data/dinov2_vits14.pth")
+    r.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
+                   help="root of a real dataset, e.g. scannet=/data/scannet")
+
+    rep = sub.add_parser("report", help="turn a results folder into tables and figures")
+    rep.add_argument("--grid", default="id_ood", help="grid name: reads results/NAME (default id_ood)")
+    rep.add_argument("--results", type=Path, help="results folder (default results/GRID)")
+
+    s = sub.add_parser("show", help="draw a scene: points from above, its views and their label maps")
+    s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
+    s.add_argument("--out", type=Path, help="PNG to write (default SCENE.png)")
+
+    p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        handlers=[_rich_handler()])
+    for noisy in ("PIL", "matplotlib", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        from bench.cache import set_cache_dir
+
+        set_cache_dir(args.cache_dir)
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "show": cmd_show,
+                "profile": cmd_profile}[args.cmd](args)
+    except BenchError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: finished cells are saved; run the same command again to resume")
+        return 130
+
+
+def _rich_handler():
+    from rich.logging import RichHandler
+
+    return RichHandler(console=console, show_time=False, show_path=False, markup=False)
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    from backbones import BACKBONES, RECIPES
+    from bench.data import DATASETS
+    from bench.data.classes import mapping_table
+    from bench.data.corrupt import CORRUPTIONS
+    from methods import METHODS
+    from teachers import TEACHERS
+
+    out = Console()
+    for reg in (METHODS, BACKBONES, RECIPES, TEACHERS, DATASETS, CORRUPTIONS):
+        t = Table(title=f"{reg.kind}s", show_lines=False, expand=False)
+        t.add_column("name", style="bold")
+        t.add_column("description")
+        t.add_column("defaults")
+        for e in reg.entries():
+            d = e.defaults()
+            t.add_row(e.name, e.description, ", ".join(f"{k}={v}" for k, v in d.items()))
+        out.print(t)
+    out.print(mapping_table())
+    return 0
+
+
+def _kv(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise BenchError(f"{what} '{it}' must be NAME=PATH")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_run(args) -> int:
+    from bench.grid import describe, load_grid
+    from bench.runner import run_grid
+
+    overrides = {"device": args.device}
+    grid = load_grid(args.grid, overrides)
+    tw = _kv(args.teacher_weights, "--teacher-weights")
+    roots = _kv(args.data_root, "--data-root")
+    if tw or roots:
+        from bench.grid import cell_id
+
+        for c in grid.cells:
+            if c["teacher"] and c["teacher"]["name"] in tw:
+                c["teacher"] = {**c["teacher"], "weights": tw[c["teacher"]["name"]]}
+            opts = dict(c["data_options"])
+            for ds, root in roots.items():
+                opts[ds] = {**opts.get(ds, {}), "root": root}
+            c["data_options"] = opts
+            c["cell_id"] = cell_id(c)
+    from bench.runner import select
+
+    cells = select(grid, args.only)
+    if args.dry_run:
+        out = Console()
+        for c in cells:
+            out.print(f"{c['cell_id']}  {describe(c)}")
+        out.print(f"{len(cells)} cells")
+        return 0
+    out_dir = args.out or Path("results") / grid.name
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res = run_grid(grid, out_dir, args.only, args.executor, args.workers, args.address, console, command)
+    return 1 if res["errors"] else 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import make_report
+
+    folder = args.results or Path("results") / args.grid
+    written = make_report(folder)
+    Console().print(f"wrote {len(written)} files under {folder / 'report'}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from bench.show import show_scene
+
+    if "/" not in args.scene:
+        raise BenchError(f"scene '{args.scene}' must be DATASET/SCENE, e.g. synth-scannet/test_0000")
+    ds, name = args.scene.rsplit("/", 1)
+    out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name}.png")
+    show_scene(ds, name, out)
+    Console().print(f"wrote {out}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from bench.profile import profile
+
+    profile(args.device, args.repeats, Console())
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The runner: expand a grid, skip finished cells, run the rest on an executor, append each result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.cache import atomic_write
+from bench.env import environment
+from bench.executors import make_executor
+from bench.grid import Grid, describe, matches
+from bench.progress import progress
+from bench.store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+
+def select(grid: Grid, only: list[str] | None) -> list[dict]:
+    return [c for c in grid.cells if matches(c, only or [])]
+
+
+def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str = "inprocess", workers: int = 1,
+             address: str | None = None, console: Console | None = None, command: str = "") -> dict:
+    console = console or Console(stderr=True)
+    store = ResultsStore(out)
+    cells = select(grid, only)
+    with store.lock():
+        done = store.finished()
+        todo = [c for c in cells if c["cell_id"] not in done]
+        device = cells[0]["device"] if cells else "cpu"
+        header = f"# written by ttt-bench on {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+        header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
+        atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
+        env = environment(device)
+        env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.cells),
+                    "cells_selected": len(cells), "resolved_grid": grid.raw})
+        atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
+        console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
+                      f"{len(todo)} to run -> {out}")
+        t0 = time.perf_counter()
+        n_err = 0
+        with progress(transient=False) as bar:
+            task = bar.add_task("cells", total=len(todo), info="")
+            for cell, (row, scenes) in make_executor(executor, workers, address, device).run(todo):
+                store.append(row, scenes)
+                n_err += row["status"] != "ok"
+                status = f"mIoU {row['miou']:.3f}" if row["status"] == "ok" else f"[red]error[/]: {row['error'][:80]}"
+                bar.update(task, advance=1, info=describe(cell)[:60])
+                if not bar.disable:
+                    continue
+                log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
+        elapsed = time.perf_counter() - t0
+    summary(store, cells, console)
+    console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
+    return {"ran": len(todo), "errors": n_err, "seconds": elapsed}
+
+
+def summary(store: ResultsStore, cells: list[dict], console: Console) -> None:
+    df = store.cells()
+    if df.empty:
+        return
+    df = df[df["cell_id"].isin({c["cell_id"] for c in cells})]
+    t = Table(title="summary", show_lines=False)
+    for col in ("method", "teacher", "source -> target", "mIoU", "steps/scene", "s/scene", "status"):
+        t.add_column(col, justify="right" if col in ("mIoU", "steps/scene", "s/scene") else "left")
+    for _, r in df.sort_values(["label", "source", "target"]).iterrows():
+        params = json.loads(r["params"])
+        name = r["label"] + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+        ok = r["status"] == "ok"
+        t.add_row(name, r["teacher"] or "-", f"{r['source']} -> {r['target']}",
+                  f"{r['miou']:.3f}" if ok else "-", f"{r['steps_per_scene']:.1f}" if ok else "-",
+                  f"{r['adapt_s_per_scene'] + r['infer_s_per_scene']:.2f}" if ok else "-",
+                  "ok" if ok else f"error: {str(r['error'])[:60]}")
+    console.print(t)

@@ -1,0 +1,91 @@
+"""The one results store: ``cells.parquet`` / ``cells.csv`` (a row per cell) and ``scenes.parquet``
+(a row per cell and scene) in a results folder.
+
+Rows are appended per cell, atomically: scene rows first, then the cell row, each table rewritten
+to a temporary file and renamed into place. A cell counts as finished only once its cell row is
+there; scene rows without a cell row (a run killed between the two writes) are dropped when read
+and replaced when the cell runs again, so a killed run resumes with no row lost or doubled. A lock
+file stops two runs from writing one folder at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from bench.cache import atomic_write
+from bench.errors import BenchError
+
+
+class ResultsStore:
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.cells_path = self.out / "cells.parquet"
+        self.scenes_path = self.out / "scenes.parquet"
+
+    @contextlib.contextmanager
+    def lock(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        f = open(self.out / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            f.close()
+            raise BenchError(f"{self.out} is being written by another run ({who}); wait for it to finish "
+                             "or use another --out folder") from None
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    def cells(self) -> pd.DataFrame:
+        if not self.cells_path.is_file():
+            return pd.DataFrame()
+        try:
+            return pd.read_parquet(self.cells_path)
+        except Exception as e:  # noqa: BLE001
+            raise BenchError(f"{self.cells_path}: unreadable results table ({e}); move it away to start anew") from e
+
+    def scenes(self) -> pd.DataFrame:
+        if not self.scenes_path.is_file():
+            return pd.DataFrame()
+        df = pd.read_parquet(self.scenes_path)
+        cells = self.cells()
+        if cells.empty:
+            return df.iloc[0:0]
+        return df[df["cell_id"].isin(set(cells["cell_id"]))]
+
+    def finished(self) -> set[str]:
+        """Ids of the cells that finished without error (errored cells run again)."""
+        df = self.cells()
+        return set(df.loc[df["status"] == "ok", "cell_id"]) if not df.empty else set()
+
+    def append(self, cell_row: dict, scene_rows: list[dict]) -> None:
+        cid = cell_row["cell_id"]
+        if self.scenes_path.is_file():
+            old = pd.read_parquet(self.scenes_path)
+            old = old[old["cell_id"] != cid]
+        else:
+            old = pd.DataFrame()
+        new = pd.DataFrame(scene_rows)
+        scenes = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        if not scenes.empty:
+            atomic_write(self.scenes_path, lambda p: scenes.to_parquet(p, index=False))
+        cells = self.cells()
+        if not cells.empty:
+            cells = cells[cells["cell_id"] != cid]
+        row = pd.DataFrame([cell_row])
+        cells = pd.concat([cells, row], ignore_index=True) if not cells.empty else row
+        atomic_write(self.cells_path, lambda p: cells.to_parquet(p, index=False))
+        atomic_write(self.out / "cells.csv", lambda p: cells.to_csv(p, index=False))

@@ -1,0 +1,129 @@
+"""The method interface: a wrapper around a model that adapts on each test scene, then predicts.
+
+A method names the parameters it adapts (only those go to its optimizer), keeps the source weights,
+buffers, BatchNorm settings and optimizer state, and ``reset()`` restores them exactly. In episodic
+mode the runner resets before every scene; in online mode state carries across the target's scene
+stream. Every method predicts with a separate forward pass after its adaptation on the scene, so
+all methods are compared under one protocol.
+
+BatchNorm handling never calls ``model.train()`` (that would also switch dropout and any other
+train-time behaviour): only the normalisation layers are toggled, and every BN kind counts
+(``_BatchNorm`` covers BatchNorm1d/2d/3d and SyncBatchNorm; 3D backbones use BatchNorm1d).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backbones.batch import PointBatch
+from backbones.model import SegModel
+
+BN = nn.modules.batchnorm._BatchNorm
+NORM = (BN, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass
+class SceneInput:
+    batch: PointBatch
+    index: int  # position of the scene in the target stream
+    generator: torch.Generator  # seeded per (cell, scene): masks and augmentations
+    teacher_feat: torch.Tensor | None = None  # (N,D) lifted teacher features
+    teacher_mask: torch.Tensor | None = None  # (N,) points seen by a view
+
+
+@dataclass
+class MethodConfig:
+    episodic: bool = True  # reset to the source model before every scene
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam or sgd (momentum 0.9)
+
+
+def set_bn_mode(model: nn.Module, mode: str, momentum: float | None = None) -> None:
+    """'source': normalise with the stored (source) statistics; 'test': with the current batch's
+    statistics, leaving the stored ones untouched; 'update': batch statistics, and the stored ones
+    move towards them with ``momentum``."""
+    for m in model.modules():
+        if isinstance(m, BN):
+            if mode == "source":
+                m.eval()
+                m.track_running_stats = True
+            elif mode == "test":  # batch statistics; stored ones (and the batch counter) untouched
+                m.train()
+                m.track_running_stats = False
+            elif mode == "update":
+                m.train()
+                m.track_running_stats = True
+                m.momentum = momentum
+            else:
+                raise ValueError(f"unknown BN mode '{mode}' (source, test or update)")
+
+
+def bn_affine_params(module: nn.Module, kinds=(BN,)) -> list[nn.Parameter]:
+    params = []
+    for m in module.modules():
+        if isinstance(m, kinds):
+            params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+    return params
+
+
+class Method:
+    """Base class. Subclasses set ``config`` hooks and implement ``adapt`` (returns gradient steps)."""
+
+    needs_teacher = False
+    default_recipe = "source"
+    bn_mode = "source"  # how BN normalises while predicting
+
+    def __init__(self, model: SegModel, cfg: MethodConfig):
+        self.model, self.cfg = model, cfg
+        model.eval()
+        model.requires_grad_(False)
+        self.params = self.adapt_params()
+        for p in self.params:
+            p.requires_grad_(True)
+        self.optimizer = self.make_optimizer(self.params) if self.params else None
+        self._model_state = copy.deepcopy(model.state_dict())
+        self._opt_state = copy.deepcopy(self.optimizer.state_dict()) if self.optimizer else None
+        self._bn_attrs = [(m, m.training, m.momentum, m.track_running_stats) for m in model.modules()
+                          if isinstance(m, BN)]
+
+    # -- what a method adapts and how
+    def adapt_params(self) -> list[nn.Parameter]:
+        return []
+
+    def make_optimizer(self, params):
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9)
+        raise ValueError(f"unknown optimizer '{self.cfg.optimizer}' (adam or sgd)")
+
+    def adapt(self, inp: SceneInput) -> int:
+        """Adapt on one unlabelled scene; return the number of gradient steps taken."""
+        return 0
+
+    @torch.no_grad()
+    def predict(self, inp: SceneInput) -> torch.Tensor:
+        set_bn_mode(self.model, self.bn_mode)
+        return self.model(inp.batch)["seg"]
+
+    # -- state
+    def reset(self) -> None:
+        self.model.load_state_dict(self._model_state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(self._opt_state)
+        for m, training, momentum, track in self._bn_attrs:
+            m.train(training)
+            m.momentum, m.track_running_stats = momentum, track
+        self.on_reset()
+
+    def on_reset(self) -> None:
+        """Hook for methods with state of their own (moving averages, teacher copies)."""
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()

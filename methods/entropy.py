@@ -1,0 +1,34 @@
+"""``entropy``: full-model entropy minimisation: every backbone parameter is updated (the
+"full" variant of entropy-based TTA, cf. Wang et al. 2021 and Niu et al. 2022 ablations)."""
+
+from dataclasses import dataclass
+
+from backbones.losses import entropy
+from methods.base import Method, MethodConfig, set_bn_mode
+from methods.registry import METHODS
+
+
+@dataclass
+class EntropyConfig(MethodConfig):
+    episodic: bool = False
+    steps: int = 1
+    lr: float = 1e-4
+    bn: str = "test"  # BN statistics while adapting and predicting: test or source
+
+
+@METHODS.register("entropy", config=EntropyConfig)
+class Entropy(Method):
+    """entropy minimisation of all backbone parameters"""
+
+    def __init__(self, model, cfg):
+        self.bn_mode = cfg.bn
+        super().__init__(model, cfg)
+
+    def adapt_params(self):
+        return list(self.model.backbone.parameters())
+
+    def adapt(self, inp):
+        set_bn_mode(self.model, self.bn_mode)
+        for _ in range(self.cfg.steps):
+            self.step(entropy(self.model(inp.batch)["seg"]).mean())
+        return self.cfg.steps

@@ -1,0 +1,5 @@
+"""The method registry."""
+
+from bench.registry import Registry
+
+METHODS = Registry("method")

@@ -1,0 +1,68 @@
+"""``ttt_kd`` and ``ttt_kd_online``: Test-Time Training with Knowledge Distillation from 2D
+foundation models (Weijler et al., 3DV 2025, arXiv 2403.11691).
+
+On a ``joint-kd`` model (segmentation + 2D-feature projector trained jointly): for each test scene,
+``steps`` gradient steps on the distillation loss between the 2D-feature projector's output and the
+teacher features lifted onto the points (only points seen by a view count), updating the backbone
+only (both projectors stay frozen); then a final prediction with everything frozen; then reset
+(episodic). ``ttt_kd_online`` (TTT-KD-O) never resets and takes its steps on every ``stride``-th
+scene of the target stream only.
+
+Defaults: cosine loss, Adam, lr 1e-4, 5 steps, all views, BN with source statistics. ``bn = "test"``
+normalises with the scene's statistics instead, while adapting and predicting.
+"""
+
+from dataclasses import dataclass
+
+from backbones.losses import distill_loss
+from methods.base import Method, MethodConfig, set_bn_mode
+from methods.registry import METHODS
+
+
+@dataclass
+class TTTKDConfig(MethodConfig):
+    steps: int = 5
+    lr: float = 1e-4
+    loss: str = "cosine"  # cosine or l2
+    views: int | str = "all"  # views used to lift the teacher features
+    bn: str = "source"  # source or test
+
+
+@METHODS.register("ttt_kd", config=TTTKDConfig, recipe="joint-kd", teacher=True)
+class TTTKD(Method):
+    """TTT-KD: per-scene steps on 2D->3D distillation, backbone only, reset after each scene"""
+
+    needs_teacher = True
+    default_recipe = "joint-kd"
+
+    def __init__(self, model, cfg):
+        self.bn_mode = cfg.bn
+        super().__init__(model, cfg)
+
+    def adapt_params(self):
+        return list(self.model.backbone.parameters())
+
+    def take_steps(self, inp, n: int) -> int:
+        set_bn_mode(self.model, self.bn_mode)
+        for _ in range(n):
+            out = self.model(inp.batch, ("kd",))
+            self.step(distill_loss(out["kd"], inp.teacher_feat, inp.teacher_mask, self.cfg.loss))
+        return n
+
+    def adapt(self, inp):
+        return self.take_steps(inp, self.cfg.steps)
+
+
+@dataclass
+class TTTKDOnlineConfig(TTTKDConfig):
+    episodic: bool = False
+    steps: int = 1
+    stride: int = 1  # a TTT step on every stride-th scene of the stream
+
+
+@METHODS.register("ttt_kd_online", config=TTTKDOnlineConfig, recipe="joint-kd", teacher=True)
+class TTTKDOnline(TTTKD):
+    """TTT-KD-O: no reset; TTT steps on every stride-th scene of the target stream"""
+
+    def adapt(self, inp):
+        return self.take_steps(inp, self.cfg.steps) if inp.index % self.cfg.stride == 0 else 0

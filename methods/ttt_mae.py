@@ -1,0 +1,36 @@
+"""``ttt_mae``: test-time training with masked reconstruction (Gandelsman et al., NeurIPS 2022,
+"Test-Time Training with Masked Autoencoders"; for points cf. Mirza et al., MATE, ICCV 2023). On a
+``joint-mae`` model: k steps on the reconstruction loss of the input features of masked blocks,
+updating the backbone only (heads frozen), then predict; episodic by default."""
+
+from dataclasses import dataclass
+
+from backbones.losses import block_mask, masked_input, reconstruction_loss
+from methods.base import Method, MethodConfig, set_bn_mode
+from methods.registry import METHODS
+
+
+@dataclass
+class TTTMAEConfig(MethodConfig):
+    steps: int = 5
+    lr: float = 1e-4
+    mask_ratio: float = 0.5
+    mask_cell: float = 0.4
+
+
+@METHODS.register("ttt_mae", config=TTTMAEConfig, recipe="joint-mae")
+class TTTMAE(Method):
+    """TTT on masked-point reconstruction (needs a joint-mae model); backbone updated, heads frozen"""
+
+    default_recipe = "joint-mae"
+
+    def adapt_params(self):
+        return list(self.model.backbone.parameters())
+
+    def adapt(self, inp):
+        set_bn_mode(self.model, "source")
+        for _ in range(self.cfg.steps):
+            mask = block_mask(inp.batch, self.cfg.mask_ratio, self.cfg.mask_cell, inp.generator)
+            rec = self.model(masked_input(inp.batch, mask), ("mae",))["mae"]
+            self.step(reconstruction_loss(rec, inp.batch, mask))
+        return self.cfg.steps

@@ -1,0 +1,5 @@
+"""The teacher registry."""
+
+from bench.registry import Registry
+
+TEACHERS = Registry("teacher")

@@ -1,0 +1,40 @@
+import math
+
+import numpy as np
+
+from bench.metrics import accuracy, confusion, iou_per_class, miou
+
+
+def test_confusion_ignores_label_minus_one():
+    pred = np.array([0, 1, 1, 2, 0])
+    label = np.array([0, 1, -1, 2, 1])
+    c = confusion(pred, label, 3)
+    assert c.sum() == 4
+    assert c[1, 0] == 1 and c[0, 0] == 1 and c[1, 1] == 1 and c[2, 2] == 1
+
+
+def test_iou_hand_computed():
+    # truth:  0 0 0 1 1 2 ; pred: 0 0 1 1 1 1
+    pred = np.array([0, 0, 1, 1, 1, 1])
+    label = np.array([0, 0, 0, 1, 1, 2])
+    c = confusion(pred, label, 4)
+    iou = iou_per_class(c)
+    assert math.isclose(iou[0], 2 / 3)  # tp 2, fn 1, fp 0
+    assert math.isclose(iou[1], 2 / 4)  # tp 2, fp 2 (0->1, 2->1)
+    assert iou[2] == 0.0  # in truth, never predicted
+    assert math.isnan(iou[3])  # in neither: excluded from the mean
+    assert math.isclose(miou(c), (2 / 3 + 1 / 2 + 0) / 3)
+    assert math.isclose(accuracy(c), 4 / 6)
+
+
+def test_eval_classes_restrict_mean_and_points():
+    pred = np.array([0, 1, 2, 2])
+    label = np.array([0, 1, 2, 3])  # class 3 not evaluated: its point is dropped
+    c = confusion(pred, label, 4, classes=(0, 1, 2))
+    assert c.sum() == 3
+    assert miou(c, (0, 1, 2)) == 1.0
+
+
+def test_predicted_but_absent_class_counts_as_zero():
+    c = confusion(np.array([1, 1]), np.array([0, 0]), 2)
+    assert miou(c) == 0.0  # class 0: 0/2, class 1: 0/2

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from bench.data.classes import NUM_CLASSES
+from bench.data.corrupt import CORRUPTIONS
+from bench.data.synth import DOMAINS, generate_scene
+from teachers.lift import project
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return generate_scene("synth-scannet", "test", 0, 0)
+
+
+def test_deterministic_and_seeded(scene):
+    again = generate_scene("synth-scannet", "test", 0, 0)
+    np.testing.assert_array_equal(scene.coord, again.coord)
+    np.testing.assert_array_equal(scene.views[3].image, again.views[3].image)
+    other = generate_scene("synth-scannet", "test", 0, 1)
+    assert other.num_points != scene.num_points or not np.array_equal(other.coord, scene.coord)
+    other_split = generate_scene("synth-scannet", "train", 0, 0)
+    assert not np.array_equal(other_split.coord[:100], scene.coord[:100])
+
+
+def test_shapes_and_classes(scene):
+    n = scene.num_points
+    assert scene.coord.shape == (n, 3) and scene.color.shape == (n, 3) and scene.normal.shape == (n, 3)
+    assert 2000 < n <= 20000
+    assert scene.label.min() >= -1 and scene.label.max() < NUM_CLASSES
+    present = set(np.unique(scene.label)) - {-1}
+    assert len(present) >= 5
+    assert 2 not in present  # synth-scannet has no ceiling
+    np.testing.assert_allclose(np.linalg.norm(scene.normal, axis=1), 1.0, atol=1e-3)
+    assert len(scene.views) == 10
+    v = scene.views[0]
+    assert v.image.shape == (96, 128, 3) and v.depth.shape == (96, 128) and v.label.shape == (96, 128)
+
+
+def test_projection_consistency(scene):
+    """A point projected with a view's pose lands on a pixel whose depth and label match."""
+    agree, total = 0, 0
+    for v in scene.views:
+        u, vv, seen = project(scene.coord, v, tol=0.15)
+        idx = np.nonzero(seen & (scene.label >= 0))[0]
+        pl = v.label[np.round(vv[idx]).astype(int), np.round(u[idx]).astype(int)]
+        agree += int((pl == scene.label[idx]).sum())
+        total += len(idx)
+    assert total > 0.3 * scene.num_points
+    assert agree / total > 0.85  # edges and registration noise make a few disagree
+
+
+def test_domains_differ(scene):
+    s3 = generate_scene("synth-s3dis", "test", 0, 0)
+    assert 2 in set(np.unique(s3.label))  # ceilings
+    assert abs(scene.color.mean() - s3.color.mean()) > 0.02 or abs(scene.color.std() - s3.color.std()) > 0.02
+    assert DOMAINS["synth-s3dis"].voxel < DOMAINS["synth-scannet"].voxel
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS.names())
+def test_corruption_severity_is_monotone(scene, name):
+    fn = CORRUPTIONS.get(name).factory
+
+    def effect(s):
+        c = fn(scene, s, seed=1)
+        if c.num_points != scene.num_points:
+            return abs(c.num_points - scene.num_points)
+        return float(np.abs(c.coord - scene.coord).mean() + np.abs(c.color - scene.color).mean())
+
+    effects = [effect(s) for s in range(1, 6)]
+    assert effects[0] > 0
+    assert all(b >= a for a, b in zip(effects, effects[1:])), effects
+
+
+def test_rigid_corruptions_keep_views_consistent(scene):
+    for name in ("rotation", "scale"):
+        c = CORRUPTIONS.get(name).factory(scene, 3, seed=0)
+        seen_before = sum(project(scene.coord, v)[2].sum() for v in scene.views)
+        seen_after = sum(project(c.coord, v)[2].sum() for v in c.views)
+        assert seen_after == pytest.approx(seen_before, rel=0.02)
+
+
+def test_dataset_cache_and_corrupted_spec():
+    from bench.data import get_dataset
+
+    ds = get_dataset("synth-s3dis")
+    names = ds.scene_names("test", 2)
+    a = ds.load(names[0])
+    assert (ds.path(names[0]) / "coord.npy").is_file()
+    b = ds.load(names[0])
+    np.testing.assert_array_equal(a.coord, b.coord)
+    cd = get_dataset("synth-s3dis:jitter@2")
+    assert cd.name == "synth-s3dis:jitter@2"
+    c = cd.load(names[0])
+    assert not np.array_equal(c.coord, a.coord) and c.num_points == a.num_points
+    assert set(ds.scene_names("train", 5)).isdisjoint(ds.scene_names("test", 5))

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from bench.data.scene import Scene, View
+from bench.errors import BenchError
+from teachers import build_teacher
+from teachers.cache import FeatureCache
+from teachers.lift import lift, project
+
+K = np.array([[100, 0, 49.5], [0, 100, 39.5], [0, 0, 1]], dtype=np.float32)
+
+
+def _camera_scene():
+    """A camera at the origin looking along +z (OpenCV), a wall at z=2 filling the view."""
+    pose = np.eye(4, dtype=np.float32)
+    depth = np.full((80, 100), 2.0, dtype=np.float32)
+    view = View(np.zeros((80, 100, 3), np.uint8), depth, K, pose)
+    coord = np.array([
+        [0.0, 0.0, 2.0],  # visible, centre of the image
+        [0.5, 0.2, 2.0],  # visible, right of centre
+        [0.0, 0.0, 3.0],  # behind the wall: occluded
+        [5.0, 0.0, 2.0],  # out of frame
+        [0.0, 0.0, -1.0],  # behind the camera
+    ], dtype=np.float32)
+    return Scene("cam", "test", coord, np.zeros_like(coord), np.zeros(5, np.int64), None, [view])
+
+
+def test_projection_and_occlusion():
+    s = _camera_scene()
+    u, v, seen = project(s.coord, s.views[0], tol=0.1)
+    assert seen.tolist() == [True, True, False, False, False]
+    assert u[0] == pytest.approx(49.5) and v[0] == pytest.approx(39.5)
+    assert u[1] == pytest.approx(49.5 + 100 * 0.25) and v[1] == pytest.approx(39.5 + 100 * 0.1)
+
+
+def test_lift_bilinear_and_average():
+    s = _camera_scene()
+    # a feature map whose channel 0 is the pixel column and channel 1 a constant
+    h, w = 80, 100
+    fmap = torch.stack([torch.arange(w).float().expand(h, w), torch.full((h, w), 7.0)])
+    feat, mask = lift(s.coord, s.views * 2, [fmap, fmap * 3], tol=0.1)
+    assert mask.tolist() == [True, True, False, False, False]
+    # average of the two views (x1 and x3) = 2x the sampled value
+    assert feat[0, 0] == pytest.approx(2 * 49.5, abs=1e-3)
+    assert feat[1, 0] == pytest.approx(2 * 74.5, abs=1e-3)
+    assert feat[0, 1] == pytest.approx(14.0)
+    assert (feat[~mask] == 0).all()
+    # a coarse map sampled bilinearly equals the upsampled map sampled at the pixel
+    coarse = fmap[:, ::4, ::4].contiguous()
+    up = torch.nn.functional.interpolate(coarse[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    f1, _ = lift(s.coord, s.views, [coarse])
+    f2, _ = lift(s.coord, s.views, [up])
+    np.testing.assert_allclose(f1[:2], f2[:2], atol=0.05)
+
+
+@pytest.mark.parametrize("spec, dim, grid", [
+    ({"name": "dinov2", "weights": "random-init", "short_side": 56,
+      "model_kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 2}}, 48, (4, 5)),
+    ({"name": "clip", "arch": "ViT-B-32", "weights": "random-init",
+      "model_kwargs": {}}, 768, (7, 7)),
+    ({"name": "sam", "weights": "random-init",
+      "model_kwargs": {"img_size": 64, "depth": 2, "embed_dim": 32, "num_heads": 2, "global_attn_indexes": (1,),
+                       "window_size": 4}}, 256, (3, 4)),
+])
+def test_real_teacher_architectures_at_random_init(spec, dim, grid):
+    t = build_teacher(spec)
+    assert t.dim == dim and "random-init" in t.label
+    imgs = np.random.default_rng(0).integers(0, 255, (2, 60, 80, 3), dtype=np.uint8)
+    fm = t.feature_maps(torch.from_numpy(imgs))
+    assert fm.shape == (2, dim, *grid)
+    dense = t.dense(imgs)
+    assert dense.shape == (2, dim, 60, 80)
+
+
+def test_missing_weights_say_which_file(monkeypatch):
+    monkeypatch.delenv("TTT_BENCH_WEIGHTS", raising=False)
+    with pytest.raises(BenchError, match="dinov2_vitb14.pth.*TTT_BENCH_WEIGHTS.*random-init"):
+        build_teacher({"name": "dinov2", "variant": "b"})
+    with pytest.raises(BenchError, match="not found"):
+        build_teacher({"name": "sam", "weights": "/nonexistent/sam.pth"})
+
+
+def test_weights_load_from_local_file(tmp_path):
+    import timm
+
+    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, depth=1, embed_dim=24,
+                            num_heads=2)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    t = build_teacher({"name": "dinov2", "weights": str(tmp_path / "w.pth"), "short_side": 28,
+                       "model_kwargs": {"depth": 1, "embed_dim": 24, "num_heads": 2}})
+    assert t.weights_id != "random-init"
+    for a, b in zip(t.net.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
+    bad = {"name": "dinov2", "weights": str(tmp_path / "w.pth"), "model_kwargs": {"depth": 2, "embed_dim": 24,
+                                                                                   "num_heads": 2}}
+    with pytest.raises(BenchError, match="does not fit"):
+        build_teacher(bad)
+
+
+def test_synth2d_and_oracle_on_a_synthetic_scene():
+    from bench.data import get_dataset
+
+    ds = get_dataset("synth-matterport")
+    scene = ds.load(ds.scene_names("test", 1)[0])
+    t = build_teacher("synth2d")
+    feat, mask = t.point_features(scene)
+    assert feat.shape == (scene.num_points, t.dim) and mask.mean() > 0.3
+    assert np.isfinite(feat).all() and np.abs(feat[mask]).sum() > 0
+    f1, m1 = t.point_features(scene, views=1)
+    assert m1.sum() < mask.sum()
+    o = build_teacher({"name": "oracle", "noise": 0.0})
+    of, om = o.point_features(scene)
+    lab = scene.label[om]
+    same = of[om][lab == lab[0]]
+    assert np.allclose(same, same[0])  # one embedding per class without noise
+    assert not (om & (scene.label < 0)).any()
+
+
+def test_feature_cache_identical_and_keyed(tmp_path):
+    from bench.data import get_dataset
+
+    ds = get_dataset("synth-scannet")
+    scene = ds.load(ds.scene_names("test", 1)[0])
+    o = build_teacher({"name": "oracle"})
+    fc = FeatureCache(o, root=tmp_path)
+    a = fc.get(ds.fingerprint(), scene)
+    b = fc.get(ds.fingerprint(), scene)
+    assert (fc.misses, fc.hits) == (1, 1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    FeatureCache(o, views=2, root=tmp_path).get(ds.fingerprint(), scene)
+    FeatureCache(build_teacher({"name": "oracle", "noise": 0.1}), root=tmp_path).get(ds.fingerprint(), scene)
+    fc.get({**ds.fingerprint(), "corruption": "jitter"}, scene)
+    assert len(list(tmp_path.rglob("*.npz"))) == 4  # views, weights and data each change the key
