@@ -22,10 +22,10 @@ class PointBatch:
     batch: torch.Tensor  # (N,) int64
     num_scenes: int
 
-    def to(self, device) -> "PointBatch":
+    def to(self, device) -> PointBatch:
         return PointBatch(self.coord.to(device), self.feat.to(device), self.batch.to(device), self.num_scenes)
 
-    def with_feat(self, feat: torch.Tensor) -> "PointBatch":
+    def with_feat(self, feat: torch.Tensor) -> PointBatch:
         return PointBatch(self.coord, feat, self.batch, self.num_scenes)
 
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 import numpy as np
@@ -100,14 +100,31 @@ def get_model(cell: dict):
     return get_or_train(key, spec, train_fn, cell["device"])
 
 
+def _libc():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD, fixed: large blocks are returned to the OS on free
+        return libc
+    except (OSError, AttributeError):  # not glibc: the RSS delta may then under-count reused memory
+        return None
+
+
 class PeakMemory:
     """Peak memory while the block runs: CUDA max allocated, or on CPU the peak resident set size
-    above its level at entry (sampled every 5 ms from /proc/self/statm)."""
+    above its level at entry (sampled every 5 ms from /proc/self/statm). On CPU, glibc is told to
+    return large blocks to the OS when freed and trimmed at entry, so memory freed by earlier work and
+    reused by this block is counted, not hidden."""
+
+    _libc = None
 
     def __init__(self, device: str):
         self.cuda = torch.device(device).type == "cuda"
         self.kind = "cuda_max_allocated" if self.cuda else "cpu_rss_delta"
         self.peak_mb = float("nan")
+        if not self.cuda and PeakMemory._libc is None:
+            PeakMemory._libc = _libc() or False
 
     def _rss(self) -> int:
         with open("/proc/self/statm") as f:
@@ -117,6 +134,8 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             return self
+        if PeakMemory._libc:
+            PeakMemory._libc.malloc_trim(0)
         self.base = self.peak = self._rss()
         self.stop = threading.Event()
 
@@ -146,7 +165,7 @@ def _versions() -> dict:
 
 def run_cell(cell: dict) -> tuple[dict, list[dict]]:
     """Run one cell; never raises: a failure becomes a row with status='error' and the message."""
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     try:
         row, scenes = _run(cell)
@@ -163,8 +182,8 @@ def run_cell(cell: dict) -> tuple[dict, list[dict]]:
 
 
 def _base_row(cell: dict) -> dict:
-    from methods import METHODS
     from bench.registry import make_config
+    from methods import METHODS
 
     cfg = make_config(METHODS.get(cell["method"]), cell["params"], "method")
     return {
@@ -190,9 +209,9 @@ def _teacher_label(t: dict | None) -> str:
 
 def _run(cell: dict) -> tuple[dict, list[dict]]:
     from backbones.batch import make_batch
+    from bench.registry import make_config
     from methods import METHODS
     from methods.base import SceneInput
-    from bench.registry import make_config
 
     torch.manual_seed(cell["seed"])
     device = cell["device"]
@@ -221,7 +240,8 @@ def _run(cell: dict) -> tuple[dict, list[dict]]:
             inp = SceneInput(make_batch([scene], model.spec.features).to(device), i, g)
             if fc is not None:
                 feat, mask = fc.get(target.fingerprint(), scene)
-                inp.teacher_feat, inp.teacher_mask = torch.from_numpy(feat).to(device), torch.from_numpy(mask).to(device)
+                inp.teacher_feat = torch.from_numpy(feat).to(device)
+                inp.teacher_mask = torch.from_numpy(mask).to(device)
             if cfg.episodic:
                 method.reset()
             t = time.perf_counter()

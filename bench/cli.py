@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bench.errors import BenchError
 
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def cmd_list(args) -> int:
     from methods import METHODS
     from teachers import TEACHERS
 
-    out = Console()
+    out = Console(width=None if sys.stdout.isatty() else 150)
     for reg in (METHODS, BACKBONES, RECIPES, TEACHERS, DATASETS, CORRUPTIONS):
         t = Table(title=f"{reg.kind}s", show_lines=False, expand=False)
         t.add_column("name", style="bold")

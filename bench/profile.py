@@ -43,11 +43,11 @@ def profile(device: str, repeats: int, console: Console) -> list[dict]:
         mask = torch.ones(scene.num_points, dtype=torch.bool, device=device)
         opt = torch.optim.Adam(model.backbone.parameters(), lr=1e-4)
 
-        def fwd():
+        def fwd(model=model, batch=batch):
             with torch.no_grad():
                 model(batch)
 
-        def step():
+        def step(model=model, batch=batch, target=target, mask=mask, opt=opt):
             loss = distill_loss(model(batch, ("kd",))["kd"], target, mask)
             opt.zero_grad()
             loss.backward()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -34,7 +34,7 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         done = store.finished()
         todo = [c for c in cells if c["cell_id"] not in done]
         device = cells[0]["device"] if cells else "cpu"
-        header = f"# written by ttt-bench on {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
+        header = f"# written by ttt-bench on {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
         atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
         env = environment(device)

@@ -46,7 +46,8 @@ class ImageTeacher(Teacher):
     batch_size: int = 8
 
     def __init__(self, net: nn.Module, name: str, dim: int, weights_id: str, device: str = "cpu"):
-        self.net, self.name, self.dim, self.weights_id, self.device = net.eval().to(device), name, dim, weights_id, device
+        self.net, self.name, self.dim = net.eval().to(device), name, dim
+        self.weights_id, self.device = weights_id, device
         for p in self.net.parameters():
             p.requires_grad_(False)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,7 +55,8 @@ class DinoV2(ImageTeacher):
     def feature_maps(self, images):
         h, w = images.shape[1:3]
         s = self.cfg.short_side / min(h, w)
-        th, tw = max(self.patch, round(h * s / self.patch) * self.patch), max(self.patch, round(w * s / self.patch) * self.patch)
+        th = max(self.patch, round(h * s / self.patch) * self.patch)
+        tw = max(self.patch, round(w * s / self.patch) * self.patch)
         x = F.interpolate(normalise(images, *IMAGENET), size=(th, tw), mode="bilinear", align_corners=False)
         tokens = self.net.forward_features(x)[:, self.net.num_prefix_tokens:]
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, th // self.patch, tw // self.patch)

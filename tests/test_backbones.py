@@ -38,7 +38,7 @@ def test_voxelisation_round_trip(scene):
     assert (indices[:, 1:].max(0).values < torch.tensor(shape)).all()
 
 
-@pytest.mark.parametrize("backbone, steps", [("spunet", 60), ("pointnet2", 40)])
+@pytest.mark.parametrize("backbone, steps", [("spunet", 150), ("pointnet2", 120)])
 def test_overfits_one_scene(scene, backbone, steps):
     torch.manual_seed(0)
     model = build_model(ModelSpec(backbone=backbone))

@@ -1,6 +1,5 @@
 """Tests that pin the semantics of the adaptation methods."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -74,9 +74,10 @@ def test_corruption_severity_is_monotone(scene, name):
 def test_rigid_corruptions_keep_views_consistent(scene):
     for name in ("rotation", "scale"):
         c = CORRUPTIONS.get(name).factory(scene, 3, seed=0)
-        seen_before = sum(project(scene.coord, v)[2].sum() for v in scene.views)
-        seen_after = sum(project(c.coord, v)[2].sum() for v in c.views)
-        assert seen_after == pytest.approx(seen_before, rel=0.02)
+        s = float(np.linalg.norm(c.coord[1] - c.coord[0]) / np.linalg.norm(scene.coord[1] - scene.coord[0]))
+        seen_before = sum(project(scene.coord, v, tol=0.1)[2].sum() for v in scene.views)
+        seen_after = sum(project(c.coord, v, tol=0.1 * s)[2].sum() for v in c.views)  # depths scale by s
+        assert seen_after == pytest.approx(seen_before, rel=0.02), name
 
 
 def test_dataset_cache_and_corrupted_spec():

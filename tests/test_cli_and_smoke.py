@@ -1,0 +1,99 @@
+"""The CLI as a user runs it, and the smoke-grid regression against stored values."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECTED = Path(__file__).parent / "smoke_expected.json"
+
+
+def bench(*args, cwd=None):
+    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=env, timeout=900)
+
+
+def test_list_prints_every_registry():
+    r = bench("list")
+    assert r.returncode == 0, r.stderr
+    for name in ("ttt_kd_online", "spunet", "pointnet2", "joint-kd", "dinov2", "synth2d", "synth-matterport",
+                 "scannet", "jitter", "segment20"[:7]):
+        assert name in r.stdout, name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--grid", "nope"], "grid 'nope' not found"),
+    (["run", "--grid", "smoke", "--only", "methodtent"], "must be KEY=VALUE"),
+    (["report", "--results", "/nonexistent/x"], "no results"),
+    (["show", "synth-scannet"], "must be DATASET/SCENE"),
+    (["show", "nodata/test_0000"], "unknown dataset 'nodata'"),
+])
+def test_user_errors_are_clear_and_have_no_traceback(args, message):
+    r = bench(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dry_run_lists_cells():
+    r = bench("run", "--grid", "id_ood", "--dry-run", "--only", "method=ttt_kd")
+    assert r.returncode == 0
+    assert "9 cells" in r.stdout and "synth-s3dis->synth-matterport" in r.stdout
+
+
+def test_show_writes_a_picture(tmp_path):
+    out = tmp_path / "scene.png"
+    r = bench("show", "synth-scannet/test_0000", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size > 20_000
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    r = bench("run", "--grid", "smoke", "--out", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out
+
+
+def test_smoke_grid_regression(smoke_results):
+    """Key numbers against stored values: tolerances catch a method that stops adapting or a metric bug,
+    not run-to-run noise. Regenerate with TTT_BENCH_UPDATE_SMOKE=1 after an intended change."""
+    cells = pd.read_parquet(smoke_results / "cells.parquet")
+    assert (cells["status"] == "ok").all(), cells["error"].tolist()
+    got = {f"{r.label}|{r.source}->{r.target}": {"miou": round(r.miou, 4), "steps": r.steps_per_scene}
+           for r in cells.itertuples()}
+    if os.environ.get("TTT_BENCH_UPDATE_SMOKE") == "1":
+        EXPECTED.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(EXPECTED.read_text())
+    assert set(got) == set(expected)
+    for k, e in expected.items():
+        assert got[k]["steps"] == e["steps"], k
+        assert got[k]["miou"] == pytest.approx(e["miou"], abs=0.02), k
+    # methods that adapt must change the prediction of the source model
+    for pair in ("synth-scannet->synth-s3dis", "synth-scannet->synth-scannet"):
+        src = got[f"Source-Only|{pair}"]["miou"]
+        for lab in ("BN-Adapt", "TENT", "TTT-MAE"):
+            assert got[f"{lab}|{pair}"]["miou"] != src, (lab, pair)
+    assert len(pd.read_parquet(smoke_results / "scenes.parquet")) == 3 * len(cells)
+
+
+def test_report_from_smoke_results(smoke_results):
+    r = bench("report", "--results", str(smoke_results))
+    assert r.returncode == 0, r.stderr
+    rep = smoke_results / "report"
+    md = (rep / "table_main.md").read_text()
+    assert "Source-Only" in md and "TTT-KD" in md and "**" in md
+    assert (rep / "table_main.tex").read_text().startswith("\\begin{tabular}")
+    assert "peak mem" in (rep / "table_cost.md").read_text()
+    assert "Wilcoxon" in (rep / "table_stats.md").read_text()
+    for fig in ("fig_pareto", "fig_per_class_iou"):
+        assert (rep / f"{fig}.png").stat().st_size > 5000 and (rep / f"{fig}.svg").is_file()
+    # a rerun skips every finished cell
+    r2 = bench("run", "--grid", "smoke", "--out", str(smoke_results))
+    assert r2.returncode == 0 and "0 to run" in r2.stderr
