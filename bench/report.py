@@ -45,7 +45,7 @@ def _label(r) -> str:
 
 def _order(labels) -> list[str]:
     def key(lab):
-        base = lab.split(" (")[0]
+        base = lab.split(" (")[0].split(" [")[0]
         return (ORDER.index(base) if base in ORDER else len(ORDER), lab)
 
     return sorted(set(labels), key=key)
