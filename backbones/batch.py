@@ -33,6 +33,15 @@ def in_channels(features: tuple[str, ...]) -> int:
     return sum(FEATURES[f] for f in features)
 
 
+def feature_slices(features: tuple[str, ...]) -> dict[str, slice]:
+    """Where each input feature sits in the feature vector, e.g. {'color': 0:3, 'normal': 3:6}."""
+    out, off = {}, 0
+    for f in features:
+        out[f] = slice(off, off + FEATURES[f])
+        off += FEATURES[f]
+    return out
+
+
 def scene_features(scene: Scene, features: tuple[str, ...]) -> np.ndarray:
     cols = []
     for f in features:

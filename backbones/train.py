@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backbones.batch import PointBatch, make_batch, scene_features
+from backbones.batch import PointBatch, feature_slices, make_batch, scene_features
 from backbones.losses import block_mask, distill_loss, masked_input, reconstruction_loss
 from backbones.model import SegModel
 from backbones.registry import RECIPES
@@ -82,18 +82,13 @@ def augment(scene: Scene, feat: np.ndarray, features: tuple[str, ...], rng: np.r
     coord = (scene.coord - scene.coord.mean(0)) @ m.T * rng.uniform(0.9, 1.1)
     coord = coord + rng.normal(0, 0.005, coord.shape)
     feat = feat.copy()
-    off = 0
-    for f in features:
-        if f == "color":
-            c = (feat[:, off:off + 3] + 1) / 2
-            c = c * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1, 3)
-            feat[:, off:off + 3] = np.clip(c, 0, 1) * 2 - 1
-            off += 3
-        elif f == "normal":
-            feat[:, off:off + 3] = feat[:, off:off + 3] @ m.T
-            off += 3
-        else:
-            off += 1
+    sl = feature_slices(features)
+    if "color" in sl:
+        c = (feat[:, sl["color"]] + 1) / 2
+        c = c * rng.uniform(0.8, 1.2, 3) * rng.uniform(0.8, 1.2) + rng.uniform(-0.1, 0.1, 3)
+        feat[:, sl["color"]] = np.clip(c, 0, 1) * 2 - 1
+    if "normal" in sl:
+        feat[:, sl["normal"]] = feat[:, sl["normal"]] @ m.T
     return coord.astype(np.float32), feat.astype(np.float32)
 
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from backbones.batch import PointBatch
+from backbones.batch import PointBatch, feature_slices
 
 
 def augment_batch(batch: PointBatch, features: tuple[str, ...], g: torch.Generator, strength: float = 1.0):
@@ -19,16 +19,11 @@ def augment_batch(batch: PointBatch, features: tuple[str, ...], g: torch.Generat
     coord = (batch.coord - centre) @ rot.T.to(batch.coord) * s + centre
     coord = coord + torch.randn(coord.shape, generator=g).to(coord) * 0.005 * strength
     feat = batch.feat.clone()
-    off = 0
-    for f in features:
-        if f == "color":
-            c = (feat[:, off:off + 3] + 1) / 2
-            c = c * r(1 - 0.2 * strength, 1 + 0.2 * strength, 3).to(c) + r(-0.05, 0.05, 3).to(c) * strength
-            feat[:, off:off + 3] = c.clamp(0, 1) * 2 - 1
-            off += 3
-        elif f == "normal":
-            feat[:, off:off + 3] = feat[:, off:off + 3] @ rot.T.to(feat)
-            off += 3
-        else:
-            off += 1
+    sl = feature_slices(features)
+    if "color" in sl:
+        c = (feat[:, sl["color"]] + 1) / 2
+        c = c * r(1 - 0.2 * strength, 1 + 0.2 * strength, 3).to(c) + r(-0.05, 0.05, 3).to(c) * strength
+        feat[:, sl["color"]] = c.clamp(0, 1) * 2 - 1
+    if "normal" in sl:
+        feat[:, sl["normal"]] = feat[:, sl["normal"]] @ rot.T.to(feat)
     return PointBatch(coord, feat, batch.batch, batch.num_scenes)
