@@ -89,8 +89,7 @@ def get_model(cell: dict):
     def train_fn(model):
         names = ds.scene_names("train", cell["train_scenes"])
         vnames = ds.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
-        if hasattr(ds, "ensure"):
-            ds.ensure(names + vnames, workers=min(2, os.cpu_count() or 1))
+        ds.ensure(names + vnames, workers=min(2, os.cpu_count() or 1))
         scenes = [load_scene(ds, n, uses_teacher) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
@@ -226,10 +225,7 @@ def _run(cell: dict) -> tuple[dict, list[dict]]:
                          else cell["target"].split(":")[0])
     classes = eval_classes(source.classes, target.classes)
     names = target.scene_names("test", cell["test_scenes"])
-    if hasattr(target, "ensure"):
-        target.ensure(names, workers=min(2, os.cpu_count() or 1))
-    elif hasattr(getattr(target, "base", None), "ensure"):
-        target.base.ensure(names, workers=min(2, os.cpu_count() or 1))
+    target.ensure(names, workers=min(2, os.cpu_count() or 1))
     fc = feature_cache(cell, getattr(cfg, "views", "all")) if method.needs_teacher else None
     conf_total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     scene_rows, adapt_s, infer_s, steps = [], 0.0, 0.0, []

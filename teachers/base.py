@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +83,6 @@ def normalise(images: torch.Tensor, mean, std, scale: float = 255.0) -> torch.Te
 
 def resolve_weights(teacher: str, weights: str | None, expected: str, source: str) -> str | Path:
     """The weights to load: 'random-init', an explicit path, or ``$TTT_BENCH_WEIGHTS/<expected>``."""
-    import os
-
     if weights == RANDOM_INIT:
         return RANDOM_INIT
     if weights:

@@ -35,6 +35,9 @@ class Dataset:
     def load(self, name: str, with_views: bool = True) -> Scene:
         raise NotImplementedError
 
+    def ensure(self, names: list[str], workers: int = 1) -> None:
+        """Make the named scenes available on disk (generated datasets generate them; others have them)."""
+
     def fingerprint(self) -> dict:
         """What identifies the data (for cache keys)."""
         return {"dataset": self.name}
@@ -81,6 +84,9 @@ class CorruptedDataset(Dataset):
 
     def scene_names(self, split, count=None):
         return self.base.scene_names(split, count)
+
+    def ensure(self, names, workers=1):
+        self.base.ensure(names, workers)
 
     def load(self, name, with_views=True):
         scene = self.base.load(name, with_views)
