@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import matplotlib
@@ -46,7 +47,8 @@ def _label(r) -> str:
 def _order(labels) -> list[str]:
     def key(lab):
         base = lab.split(" (")[0].split(" [")[0]
-        return (ORDER.index(base) if base in ORDER else len(ORDER), lab)
+        natural = [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", lab)]
+        return (ORDER.index(base) if base in ORDER else len(ORDER), natural)
 
     return sorted(set(labels), key=key)
 
