@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from bench.data.classes import NUM_CLASSES
 from bench.data.corrupt import CORRUPTIONS
@@ -94,3 +95,23 @@ def test_dataset_cache_and_corrupted_spec():
     c = cd.load(names[0])
     assert not np.array_equal(c.coord, a.coord) and c.num_points == a.num_points
     assert set(ds.scene_names("train", 5)).isdisjoint(ds.scene_names("test", 5))
+
+
+def test_box_culling_changes_no_hit():
+    """Ray casting only the boxes a camera can see gives the same hits as casting all of them."""
+    from bench.data.synth import DOMAINS, build_room, camera_rays, intrinsic_for, look_at, raycast, visible_boxes
+
+    rng = np.random.default_rng(3)
+    room = build_room(DOMAINS["synth-s3dis"], rng)
+    boxes = room.boxes.tensors()
+    k = intrinsic_for((48, 64), 80.0)
+    for yaw in np.linspace(0, 2 * np.pi, 6, endpoint=False):
+        eye = np.array([room.lx / 2, room.ly / 2, 1.4])
+        pose = look_at(eye, eye + np.array([np.cos(yaw), np.sin(yaw), -0.3]))
+        o, d, _ = camera_rays(k, pose, (48, 64))
+        t_all, b_all, n_all = raycast(o, d, boxes)
+        keep = visible_boxes(boxes, k, pose, (48, 64))
+        assert len(keep) < len(boxes[0])
+        t, b, n = raycast(o, d, [x[keep] for x in boxes[:3]])
+        assert torch.equal(t, t_all) and torch.equal(keep[b][torch.isfinite(t)], b_all[torch.isfinite(t_all)])
+        assert torch.equal(n[torch.isfinite(t)], n_all[torch.isfinite(t_all)])
