@@ -47,7 +47,7 @@ class SegModel(nn.Module):
         super().__init__()
         self.spec = spec
         entry = BACKBONES.get(spec.backbone)
-        cfg = make_config(entry, _tuples(spec.backbone_cfg), "backbone")
+        cfg = make_config(entry, spec.backbone_cfg, "backbone")
         self.backbone = entry.factory(in_channels(spec.features), cfg)
         c = self.backbone.out_channels
         heads = {"seg": projector(c, spec.num_classes)}
@@ -63,10 +63,6 @@ class SegModel(nn.Module):
         for h in heads:
             out[h] = self.heads[h](feat)
         return out
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> SegModel:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.data.classes import CLASSES, NUM_CLASSES, eval_classes
+from bench.data.datasets import DatasetSpec
 from bench.errors import BenchError
 from bench.metrics import accuracy, confusion, iou_per_class, miou
 
@@ -54,8 +55,13 @@ def _teacher(spec_json: str, device: str):
 
 
 def dataset_for(cell: dict, spec: str):
-    opts = cell.get("data_options", {}).get(spec.split(":")[0], {})
+    opts = cell.get("data_options", {}).get(DatasetSpec.parse(spec).base, {})
     return _dataset(spec, json.dumps(opts, sort_keys=True))
+
+
+def training_data(cell: dict) -> str:
+    """The dataset the cell's model is trained on: the source, or the (uncorrupted) target for Oracle rows."""
+    return DatasetSpec.parse(cell["target"]).base if cell["train_on"] == "target" else cell["source"]
 
 
 def feature_cache(cell: dict, views="all"):
@@ -75,7 +81,7 @@ def get_model(cell: dict):
 
     recipe_entry = RECIPES.get(cell["recipe"])
     train_cfg = make_config(recipe_entry, cell["train_cfg"], "recipe")
-    data_spec = cell["target"].split(":")[0] if cell["train_on"] == "target" else cell["source"]
+    data_spec = training_data(cell)
     ds = dataset_for(cell, data_spec)
     uses_teacher = bool(recipe_entry.extra.get("teacher"))
     fc = feature_cache(cell) if uses_teacher else None
@@ -221,8 +227,7 @@ def _run(cell: dict) -> tuple[dict, list[dict]]:
     cfg = make_config(entry, cell["params"], "method")
     method = entry.factory(model, cfg)
     target = dataset_for(cell, cell["target"])
-    source = dataset_for(cell, cell["source"].split(":")[0] if cell["train_on"] == "source"
-                         else cell["target"].split(":")[0])
+    source = dataset_for(cell, training_data(cell))
     classes = eval_classes(source.classes, target.classes)
     names = target.scene_names("test", cell["test_scenes"])
     target.ensure(names, workers=min(2, os.cpu_count() or 1))

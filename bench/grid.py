@@ -87,8 +87,7 @@ def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
     backbones = [_as_table(b, "backbones") for b in raw["backbones"]]
     for b in backbones:
         entry = BACKBONES.get(b["name"])
-        make_config(entry, {k: tuple(v) if isinstance(v, list) else v for k, v in b.items() if k != "name"},
-                    "backbone")
+        make_config(entry, {k: v for k, v in b.items() if k != "name"}, "backbone")
     teachers = [_as_table(t, "teachers") for t in raw.get("teachers", [])]
     for t in teachers:
         TEACHERS.get(t["name"])

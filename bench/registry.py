@@ -99,7 +99,8 @@ def make_config(entry: Entry, params: dict[str, Any], what: str):
             f"{what} '{entry.name}' has no parameter {', '.join(repr(b) for b in bad)}; "
             f"valid parameters: {', '.join(sorted(valid))}"
         )
-    return cfg_cls(**params)
+    # TOML has no tuples: list values become tuples (config dataclasses declare sequences as tuples)
+    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
 MODULES = ("methods", "backbones", "teachers", "bench.data")

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.data.classes import CLASS_ID, CLASSES, NUM_CLASSES  # noqa: E402
+from bench.data.datasets import DatasetSpec  # noqa: E402
 from bench.errors import BenchError  # noqa: E402
 from bench.stats import bootstrap_ci, paired_test  # noqa: E402
 from bench.store import ResultsStore  # noqa: E402
@@ -256,8 +257,9 @@ def figures(ok: pd.DataFrame, out: Path) -> list[Path]:
     # corruptions
     cr = ok[ok["target"].str.contains(":")].copy()
     if len(cr):
-        cr["corruption"] = cr["target"].map(lambda t: t.split(":")[1].split("@")[0])
-        cr["severity"] = cr["target"].map(lambda t: int(t.split("@")[1]))
+        specs = cr["target"].map(DatasetSpec.parse)
+        cr["corruption"] = specs.map(lambda d: d.corruption)
+        cr["severity"] = specs.map(lambda d: d.severity)
         kinds = sorted(cr["corruption"].unique())
         ncol = min(4, len(kinds))
         nrow = -(-len(kinds) // ncol)

@@ -50,11 +50,10 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
             for cell, (row, scenes) in make_executor(executor, workers, address, device).run(todo):
                 store.append(row, scenes)
                 n_err += row["status"] != "ok"
-                status = f"mIoU {row['miou']:.3f}" if row["status"] == "ok" else f"[red]error[/]: {row['error'][:80]}"
                 bar.update(task, advance=1, info=describe(cell)[:60])
-                if not bar.disable:
-                    continue
-                log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
+                if bar.disable:  # no live bar (not a terminal): one log line per cell instead
+                    status = f"mIoU {row['miou']:.3f}" if row["status"] == "ok" else f"error: {row['error'][:80]}"
+                    log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
         elapsed = time.perf_counter() - t0
     summary(store, cells, console)
     console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
