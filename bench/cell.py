@@ -64,6 +64,28 @@ def training_data(cell: dict) -> str:
     return DatasetSpec.parse(cell["target"]).base if cell["train_on"] == "target" else cell["source"]
 
 
+def model_key(cell: dict) -> str:
+    """What identifies the cell's trained model (cells with equal keys share one checkpoint)."""
+    from backbones import RECIPES
+
+    uses_teacher = bool(RECIPES.get(cell["recipe"]).extra.get("teacher"))
+    data = training_data(cell)
+    return json.dumps([cell["backbone"], cell["recipe"], cell["teacher"] if uses_teacher else None, data,
+                       cell.get("data_options", {}).get(DatasetSpec.parse(data).base), cell["train_cfg"],
+                       cell["features"], cell["train_scenes"], cell["val_scenes"], cell["seed"], cell["device"]],
+                      sort_keys=True, default=str)
+
+
+def scenes_needed(cell: dict) -> list:
+    """(dataset, scene names) pairs the cell reads: training and validation scenes of its model's
+    data, test scenes of its target. Raises BenchError if a dataset cannot be opened."""
+    train = dataset_for(cell, training_data(cell))
+    names = train.scene_names("train", cell["train_scenes"])
+    names += train.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
+    target = dataset_for(cell, cell["target"])
+    return [(train, names), (target, target.scene_names("test", cell["test_scenes"]))]
+
+
 def feature_cache(cell: dict, views="all"):
     from teachers.cache import FeatureCache
 
@@ -95,7 +117,7 @@ def get_model(cell: dict):
     def train_fn(model):
         names = ds.scene_names("train", cell["train_scenes"])
         vnames = ds.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
-        ds.ensure(names + vnames, workers=min(2, os.cpu_count() or 1))
+        ds.ensure(names + vnames, workers=torch.get_num_threads())
         scenes = [load_scene(ds, n, uses_teacher) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
@@ -230,7 +252,7 @@ def _run(cell: dict) -> tuple[dict, list[dict]]:
     source = dataset_for(cell, training_data(cell))
     classes = eval_classes(source.classes, target.classes)
     names = target.scene_names("test", cell["test_scenes"])
-    target.ensure(names, workers=min(2, os.cpu_count() or 1))
+    target.ensure(names, workers=torch.get_num_threads())
     fc = feature_cache(cell, getattr(cfg, "views", "all")) if method.needs_teacher else None
     conf_total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     scene_rows, adapt_s, infer_s, steps = [], 0.0, 0.0, []

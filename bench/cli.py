@@ -32,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only cells matching (repeatable): method, label, source, target, backbone, teacher, seed")
-    r.add_argument("--executor", default="inprocess", choices=["inprocess", "pool", "ray"])
-    r.add_argument("--workers", type=int, default=1, help="processes (pool) or CPUs (local ray)")
+    r.add_argument("--executor", default="auto", choices=["auto", "inprocess", "pool", "ray"],
+                   help="auto (default): on CPU a process pool with one single-threaded worker per core, on CUDA "
+                        "in-process")
+    r.add_argument("--workers", type=int, default=0, help="processes (pool) or CPUs (local ray); 0 = one per core")
     r.add_argument("--address", help="Ray cluster address (with --executor ray)")
     r.add_argument("--device", help="override the grid's device (cpu, cuda, cuda:1)")
     r.add_argument("--teacher-weights", action="append", default=[], metavar="TEACHER=PATH",

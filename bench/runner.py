@@ -13,6 +13,7 @@ from rich.table import Table
 
 from bench.cache import atomic_write
 from bench.env import environment
+from bench.errors import BenchError
 from bench.executors import make_executor
 from bench.grid import Grid, describe, matches
 from bench.progress import progress
@@ -25,8 +26,25 @@ def select(grid: Grid, only: list[str] | None) -> list[dict]:
     return [c for c in grid.cells if matches(c, only or [])]
 
 
+def schedule(cells: list[dict]) -> list[dict]:
+    """Cells in run order: the first cell of each model first, then the rest in grid order. With a
+    pool, the models are then trained side by side instead of workers queueing on one checkpoint's
+    lock; in-process, the order does not change any result (cells are pure functions of config)."""
+    from bench.cell import model_key
+
+    first, rest, seen = [], [], set()
+    for c in cells:
+        k = model_key(c)
+        (rest if k in seen else first).append(c)
+        seen.add(k)
+    return first + rest
+
+
 def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str = "inprocess", workers: int = 1,
              address: str | None = None, console: Console | None = None, command: str = "") -> dict:
+    """Run the grid's selected cells that are not finished yet into ``out``. Called as a library
+    function it runs in this process by default (so methods and datasets registered by the caller
+    are seen); ``python -m bench run`` defaults to ``executor="auto"``."""
     console = console or Console(stderr=True)
     store = ResultsStore(out)
     cells = select(grid, only)
@@ -44,10 +62,12 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
                       f"{len(todo)} to run -> {out}")
         t0 = time.perf_counter()
+        ex = make_executor(executor, workers, address, device, n_cells=len(todo))
+        prepare_data(todo, getattr(ex, "workers", 1))
         n_err = 0
         with progress(transient=False) as bar:
             task = bar.add_task("cells", total=len(todo), info="")
-            for cell, (row, scenes) in make_executor(executor, workers, address, device).run(todo):
+            for cell, (row, scenes) in ex.run(schedule(todo)):
                 store.append(row, scenes)
                 n_err += row["status"] != "ok"
                 bar.update(task, advance=1, info=describe(cell)[:60])
@@ -58,6 +78,25 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     summary(store, cells, console)
     console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
     return {"ran": len(todo), "errors": n_err, "seconds": elapsed}
+
+
+def prepare_data(cells: list[dict], workers: int) -> None:
+    """Generate every scene the cells will read (synthetic datasets), all cores at once, before any
+    cell starts; a dataset that cannot be opened is left for its cells to report as their error."""
+    from bench.cell import scenes_needed
+
+    need: dict = {}
+    for c in cells:
+        try:
+            for ds, names in scenes_needed(c):
+                need.setdefault(id(ds), (ds, set()))[1].update(names)
+        except BenchError as e:
+            log.debug("cell %s: %s (the cell will report this)", c["cell_id"], e)
+    for ds, names in need.values():
+        try:
+            ds.ensure(sorted(names), workers=max(1, workers))
+        except BenchError as e:
+            log.info("%s: %s (its cells will report this)", ds.name, e)
 
 
 def summary(store: ResultsStore, cells: list[dict], console: Console) -> None:
