@@ -1,9 +1,9 @@
 """Executors run cells and yield results as they finish, behind one interface.
 
 ``inprocess`` runs cells one after another in this process; ``pool`` runs them in a local process
-pool (``--workers N``, each worker with cores/N torch threads); ``ray`` submits one Ray task per cell to a local or remote cluster
-(``--address``), asking for ``num_gpus`` per task when the device is CUDA. Only the driver writes
-results; workers share the cache folder (atomic writes, per-key locks).
+pool (``--workers N``, each worker with cores/N torch threads); ``ray`` submits one Ray task per cell
+to a local or remote cluster (``--address``), asking for ``num_gpus`` per task when the device is CUDA.
+Only the driver writes results; workers share the cache folder (atomic writes, per-key locks).
 
 ``auto`` (the default) is ``pool`` with one single-threaded worker per core on CPU and ``inprocess``
 on CUDA. Why: spconv's CPU path gathers and scatters on one thread, so two processes with one thread
@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def _worker_init(cache: str, threads: int) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI does: library deprecation notes
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     import torch
 
     set_cache_dir(cache)
@@ -41,11 +46,21 @@ def _run_in_worker(cell: dict, cache: str, threads: int):
 
 
 class Executor:
+    workers = 1
+
     def run(self, cells: list[dict]) -> Iterator[tuple[dict, tuple[dict, list[dict]]]]:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        return type(self).__name__.lower()
+
 
 class InProcess(Executor):
+    def describe(self) -> str:
+        import torch
+
+        return f"inprocess: {torch.get_num_threads()} torch threads"
+
     def run(self, cells):
         from bench.cell import run_cell
 
@@ -57,11 +72,17 @@ class Pool(Executor):
     def __init__(self, workers: int):
         self.workers = workers
 
+    def threads(self) -> int:
+        return max(1, cpu_cores() // self.workers)
+
+    def describe(self) -> str:
+        return f"pool: {self.workers} processes x {self.threads()} torch threads"
+
     def run(self, cells):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        threads = max(1, cpu_cores() // self.workers)
+        threads = self.threads()
         with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as ex:
             futs = {ex.submit(_run_in_worker, c, str(cache_dir()), threads): c for c in cells}
             for f in as_completed(futs):
@@ -71,6 +92,9 @@ class Pool(Executor):
 class Ray(Executor):
     def __init__(self, address: str | None, workers: int | None, device: str):
         self.address, self.workers, self.device = address, workers, device
+
+    def describe(self) -> str:
+        return f"ray: {self.address or 'local'}, one task per cell, 1 torch thread each"
 
     def run(self, cells):
         try:

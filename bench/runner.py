@@ -14,7 +14,7 @@ from rich.table import Table
 from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
-from bench.executors import make_executor
+from bench.executors import cpu_cores, make_executor
 from bench.grid import Grid, describe, matches
 from bench.progress import progress
 from bench.store import ResultsStore
@@ -56,14 +56,14 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
         atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
         env = environment(device)
+        ex = make_executor(executor, workers, address, device, n_cells=len(todo))
         env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.cells),
-                    "cells_selected": len(cells), "resolved_grid": grid.raw})
+                    "cells_selected": len(cells), "executor": ex.describe(), "resolved_grid": grid.raw})
         atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
         console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
                       f"{len(todo)} to run -> {out}")
         t0 = time.perf_counter()
-        ex = make_executor(executor, workers, address, device, n_cells=len(todo))
-        prepare_data(todo, getattr(ex, "workers", 1))
+        prepare_data(todo, cpu_cores())
         n_err = 0
         with progress(transient=False) as bar:
             task = bar.add_task("cells", total=len(todo), info="")

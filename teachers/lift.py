@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from bench.data.scene import View
 
 
-def project(coord: np.ndarray, view: View, tol: float = 0.1):
-    """Pixel coordinates (u, v) of the points in ``view`` and a mask of the points it sees."""
+def project_depth(coord: np.ndarray, view: View):
+    """Pixel coordinates (u, v), camera depth z of the points, the view's depth d at their pixel (0
+    where none) and a mask of the points that fall inside the image in front of the camera."""
     pose = view.cam_to_world.astype(np.float64)
     pc = (coord.astype(np.float64) - pose[:3, 3]) @ pose[:3, :3]  # world -> camera (R^T (p - t))
     z = pc[:, 2]
@@ -30,8 +31,13 @@ def project(coord: np.ndarray, view: View, tol: float = 0.1):
     inside = (z > 1e-6) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
     d = np.zeros_like(z)
     d[inside] = view.depth[vi[inside], ui[inside]]
-    seen = inside & (d > 0) & (np.abs(z - d) < tol)
-    return u, v, seen
+    return u, v, z, d, inside
+
+
+def project(coord: np.ndarray, view: View, tol: float = 0.1):
+    """Pixel coordinates (u, v) of the points in ``view`` and a mask of the points it sees."""
+    u, v, z, d, inside = project_depth(coord, view)
+    return u, v, inside & (d > 0) & (np.abs(z - d) < tol)
 
 
 def select_views(views: list[View], n: int | str) -> list[int]:
