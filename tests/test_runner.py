@@ -242,3 +242,33 @@ def test_ray_executor_matches_inprocess(tmp_path):
     run_grid(g, tmp_path / "a", only=["method=bn_adapt"])
     run_grid(g, tmp_path / "b", only=["method=bn_adapt"], executor="ray", workers=2)
     pd.testing.assert_frame_equal(_rows(tmp_path / "a"), _rows(tmp_path / "b"))
+
+
+def test_schedule_puts_each_models_first_cell_first(grid_file):
+    from bench.cell import model_key
+    from bench.runner import schedule
+
+    cells = load_grid(str(grid_file)).cells
+    order = schedule(cells)
+    assert sorted(c["cell_id"] for c in order) == sorted(c["cell_id"] for c in cells)
+    keys = [model_key(c) for c in order]
+    n_models = len(set(keys))
+    assert n_models == 2  # one source model per training dataset (tiny-a, tiny-b)
+    assert len(set(keys[:n_models])) == n_models  # the trainings come first, side by side in a pool
+    rest = [c["cell_id"] for c in order[n_models:]]
+    assert rest == [c["cell_id"] for c in cells if c["cell_id"] in rest]  # the rest keep grid order
+
+
+def test_auto_executor(monkeypatch):
+    from bench import executors
+    from bench.executors import InProcess, Pool, make_executor
+
+    monkeypatch.setattr(executors, "cpu_cores", lambda: 4)
+    ex = make_executor("auto", device="cpu", n_cells=10)
+    assert isinstance(ex, Pool) and ex.workers == 4 and ex.threads() == 1
+    assert make_executor("auto", device="cpu", n_cells=3).workers == 3  # no idle workers
+    assert isinstance(make_executor("auto", device="cpu", n_cells=1), InProcess)
+    assert isinstance(make_executor("auto", device="cuda"), InProcess)
+    assert make_executor("pool", workers=2).threads() == 2
+    with pytest.raises(BenchError, match="unknown executor 'threads'; valid: auto"):
+        make_executor("threads")
