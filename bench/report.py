@@ -47,9 +47,11 @@ def _label(r) -> str:
 
 def _order(labels) -> list[str]:
     def key(lab):
-        base = lab.split(" (")[0].split(" [")[0]
+        # the longest name of ORDER the row starts with (rows add " (params)", " [teacher]", " backbone")
+        known = [i for i, name in enumerate(ORDER) if lab == name or lab.startswith(name + " ")]
+        rank = max(known, key=lambda i: len(ORDER[i])) if known else len(ORDER)
         natural = [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", lab)]
-        return (ORDER.index(base) if base in ORDER else len(ORDER), natural)
+        return (rank, natural)
 
     return sorted(set(labels), key=key)
 
@@ -78,7 +80,10 @@ def main_table(ok: pd.DataFrame) -> tuple[str, str]:
     sources = sorted(agg["source"].unique())
     cols = [(s, t) for s in sources for t in sorted(agg[agg["source"] == s]["target"].unique())]
     rows = _order(agg["row"])
+    backbone = ok.groupby("row")["backbone"].first()
     base_rows = [r for r in rows if r.startswith(BASELINE)]
+    # each row is compared with the Source-Only row of its own backbone
+    base_of = {r: next((b for b in base_rows if backbone[b] == backbone[r]), None) for r in rows}
     get = {(r.row, r.source, r.target): r for r in agg.itertuples()}
     controls = {r for r in rows if _is_control(r, r.split("[")[-1] if "[" in r else "")}
     best = {}
@@ -94,8 +99,8 @@ def main_table(ok: pd.DataFrame) -> tuple[str, str]:
         s = f"{100 * g.mean:.1f}"
         if g.count > 1 and np.isfinite(g.std):
             s += f"±{100 * g.std:.1f}"
-        if base_rows and r not in base_rows and (base_rows[0], *c) in get:
-            d = 100 * (g.mean - get[(base_rows[0], *c)].mean)
+        if r not in base_rows and (base_of[r], *c) in get:
+            d = 100 * (g.mean - get[(base_of[r], *c)].mean)
             s += f" ({d:+.1f})"
         if best.get(c) == r:
             s = f"\\textbf{{{s}}}" if latex else f"**{s}**"
