@@ -268,20 +268,24 @@ def figures(ok: pd.DataFrame, out: Path) -> list[Path]:
         kinds = sorted(cr["corruption"].unique())
         ncol = min(4, len(kinds))
         nrow = -(-len(kinds) // ncol)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow + 0.6), squeeze=False, sharey=True,
+                                 layout="constrained")
         for ax, k in zip(axes.flat, kinds):
             for lab, g in cr[cr["corruption"] == k].groupby("row"):
                 m = g.groupby("severity")["miou"].mean()
                 ax.plot(m.index, 100 * m.values, marker="o", label=lab[:24])
             ax.set_title(k)
             ax.set_xlabel("severity")
+            ax.set_xticks(sorted(cr["severity"].unique()))
             ax.grid(alpha=0.3)
         for ax in axes[:, 0]:
             ax.set_ylabel("mIoU (%)")
         for ax in list(axes.flat)[len(kinds):]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=6)
-        fig.suptitle("mIoU against corruption severity")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9)
+        bases = sorted({f"{r.source} model on corrupted {r.target.split(':')[0]}" for r in cr.itertuples()})
+        fig.suptitle("mIoU against corruption severity" + (f" ({bases[0]})" if len(bases) == 1 else ""))
         _save(fig, out, "fig_corruptions", written)
     # per-class IoU heatmap
     cols = [f"iou_{c}" for c in CLASSES]
