@@ -170,7 +170,7 @@ class ScanNet(PointceptDataset):
         fdir = self.frames / folder.name
         if not fdir.is_dir():
             return []
-        return read_scannet_frames(fdir, self.image_size, self.frame_stride, self.frame_count)
+        return read_scannet_frames(fdir, self.image_size, self.select)
 
 
 class S3DIS(PointceptDataset):
@@ -331,8 +331,9 @@ def read_2d3ds_frames(frames: list[tuple[int, str, Path]], image_size, select, w
     return views
 
 
-def read_scannet_frames(fdir: Path, image_size=(240, 320), stride: int = 0, count: int = 10) -> list[View]:
-    """ScanNet SensReader frames -> views at ``image_size`` (H, W) with depth in the colour frame."""
+def read_scannet_frames(fdir: Path, image_size, select) -> list[View]:
+    """ScanNet SensReader frames -> views at ``image_size`` (H, W) with depth in the colour frame;
+    ``select`` picks frame indices from the valid frames' poses (``PointceptDataset.select``)."""
     kc = read_matrix(fdir / "intrinsic" / "intrinsic_color.txt", (3, 3)).astype(np.float64)
     kd = read_matrix(fdir / "intrinsic" / "intrinsic_depth.txt", (3, 3)).astype(np.float64)
     ids = sorted(int(p.stem) for p in (fdir / "color").glob("*.jpg") if p.stem.isdigit())
@@ -351,11 +352,7 @@ def read_scannet_frames(fdir: Path, image_size=(240, 320), stride: int = 0, coun
         valid.append(i)
     if bad:
         log.info("%s: skipped %d of %d frames with invalid (inf/NaN) poses", fdir, bad, len(ids))
-    if stride:
-        chosen = valid[::stride]
-    else:
-        chosen = select_for_coverage([poses[i] for i in valid], count)
-        chosen = [valid[j] for j in chosen]
+    chosen = [valid[j] for j in select([poses[i] for i in valid])]
     h, w = image_size
     views = []
     for i in chosen:
