@@ -8,8 +8,8 @@ Only the driver writes results; workers share the cache folder (atomic writes, p
 ``auto`` (the default) is ``pool`` with one single-threaded worker per core on CPU and ``inprocess``
 on CUDA. Why: spconv's CPU path gathers and scatters on one thread, so a second thread barely helps
 (``python -m bench profile``, spunet TTT-KD step on 20k points: 0.197 s on 1 thread, 0.193 s on 2) and
-two single-threaded processes do about twice the work of one two-thread process. Results do not depend on the executor beyond float summation
-order (the thread count), which the tests bound.
+two single-threaded processes do about twice the work of one two-thread process. Results do not
+depend on the executor beyond float summation order (the thread count), which the tests bound.
 """
 
 from __future__ import annotations

@@ -67,7 +67,9 @@ class ImageTeacher(Teacher):
     def point_features(self, scene: Scene, views: int | str = "all", tol: float = 0.1):
         if not scene.views:
             raise BenchError(f"scene {scene.dataset}/{scene.name} has no paired views, so teacher '{self.name}' "
-                             "cannot lift features onto it; use a dataset with images or a method without a teacher")
+                             "cannot lift features onto it; use a dataset with images or a method without a "
+                             "teacher (real datasets: the README's 'Real data' section says where each reader "
+                             "looks for images)")
         chosen = [scene.views[i] for i in select_views(scene.views, views)]
         maps = []
         for i in range(0, len(chosen), self.batch_size):

@@ -138,7 +138,11 @@ class PointceptDataset(Dataset):
         p = Path(images).expanduser() if images else self.root / default
         if images and not p.is_dir():
             raise BenchError(f"{self.name}: images folder {p} is not a folder")
-        return p if p.is_dir() else None
+        if not p.is_dir():
+            log.info("%s: no images at %s (give [data_options.%s] images = PATH): scenes without a views/ "
+                     "folder have no views, so teacher-based cells on them fail", self.name, p, self.name)
+            return None
+        return p
 
     def select(self, poses: list[np.ndarray]) -> list[int]:
         """Indices of the frames to use: every ``frame_stride``-th, else ``frame_count`` for coverage."""
