@@ -75,14 +75,19 @@ def model_key(cell: dict) -> str:
                       sort_keys=True, default=str)
 
 
+def train_val_names(cell: dict, ds) -> tuple[list[str], list[str]]:
+    """The training and validation scenes of the cell's model in its training dataset ``ds``."""
+    vnames = ds.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
+    return ds.scene_names("train", cell["train_scenes"]), vnames
+
+
 def scenes_needed(cell: dict) -> list:
     """(dataset, scene names) pairs the cell reads: training and validation scenes of its model's
     data, test scenes of its target. Raises BenchError if a dataset cannot be opened."""
     train = dataset_for(cell, training_data(cell))
-    names = train.scene_names("train", cell["train_scenes"])
-    names += train.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
+    names, vnames = train_val_names(cell, train)
     target = dataset_for(cell, cell["target"])
-    return [(train, names), (target, target.scene_names("test", cell["test_scenes"]))]
+    return [(train, names + vnames), (target, target.scene_names("test", cell["test_scenes"]))]
 
 
 def feature_cache(cell: dict, views="all"):
@@ -114,8 +119,7 @@ def get_model(cell: dict):
                          ds.fingerprint(), cell["train_scenes"], cell["seed"])
 
     def train_fn(model):
-        names = ds.scene_names("train", cell["train_scenes"])
-        vnames = ds.scene_names("val", cell["val_scenes"]) if cell["val_scenes"] else []
+        names, vnames = train_val_names(cell, ds)
         ds.ensure(names + vnames, workers=torch.get_num_threads())
         scenes = [load_scene(ds, n, uses_teacher) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]

@@ -284,7 +284,7 @@ def figures(ok: pd.DataFrame, out: Path) -> list[Path]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=9)
-        bases = sorted({f"{r.source} model on corrupted {r.target.split(':')[0]}" for r in cr.itertuples()})
+        bases = sorted({f"{src} model on corrupted {spec.base}" for src, spec in zip(cr["source"], specs)})
         fig.suptitle("mIoU against corruption severity" + (f" ({bases[0]})" if len(bases) == 1 else ""))
         _save(fig, out, "fig_corruptions", written)
     # per-class IoU heatmap
