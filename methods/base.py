@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +34,16 @@ class SceneInput:
     generator: torch.Generator  # seeded per (cell, scene): masks and augmentations
     teacher_feat: torch.Tensor | None = None  # (N,D) lifted teacher features
     teacher_mask: torch.Tensor | None = None  # (N,) points seen by a view
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs from the harness, declared once on its class (``needs = Needs(...)``); the
+    cell derives everything else from it (which model to train, whether to lift teacher features)."""
+
+    recipe: str = "source"  # training recipe of the model the method adapts
+    teacher: bool = False  # lifted teacher features per scene (SceneInput.teacher_feat / teacher_mask)
+    source_scenes: int = 0  # clean source training scenes handed once to ``prepare`` (e.g. EATA's Fisher)
 
 
 @dataclass
@@ -73,9 +84,13 @@ def bn_affine_params(module: nn.Module, kinds=(BN,)) -> list[nn.Parameter]:
 class Method:
     """Base class. Subclasses set ``config`` hooks and implement ``adapt`` (returns gradient steps)."""
 
+    needs: ClassVar[Needs] = Needs()
     needs_teacher = False
     default_recipe = "source"
     bn_mode = "source"  # how BN normalises while predicting
+    # logits of the method's last adapting forward on the current scene (computed before its update),
+    # or None: the protocol's ``predict = "same"`` reports them, as the official TENT/EATA/SAR/CoTTA do
+    last_output: torch.Tensor | None = None
 
     def __init__(self, model: SegModel, cfg: MethodConfig):
         self.model, self.cfg = model, cfg
@@ -91,6 +106,9 @@ class Method:
                           if isinstance(m, BN)]
 
     # -- what a method adapts and how
+    def prepare(self, source: list[SceneInput]) -> None:
+        """Called once before the stream with ``needs.source_scenes`` clean source scenes."""
+
     def adapt_params(self) -> list[nn.Parameter]:
         return []
 

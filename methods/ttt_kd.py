@@ -15,7 +15,7 @@ normalises with the scene's statistics instead, while adapting and predicting.
 from dataclasses import dataclass
 
 from backbones.losses import distill_loss
-from methods.base import Method, MethodConfig, set_bn_mode
+from methods.base import Method, MethodConfig, Needs, set_bn_mode
 from methods.registry import METHODS
 
 
@@ -32,6 +32,7 @@ class TTTKDConfig(MethodConfig):
 class TTTKD(Method):
     """TTT-KD: per-scene steps on 2D->3D distillation, backbone only, reset after each scene"""
 
+    needs = Needs(recipe="joint-kd", teacher=True)
     needs_teacher = True
     default_recipe = "joint-kd"
 

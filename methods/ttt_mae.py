@@ -6,7 +6,7 @@ updating the backbone only (heads frozen), then predict; episodic by default."""
 from dataclasses import dataclass
 
 from backbones.losses import block_mask, masked_input, reconstruction_loss
-from methods.base import Method, MethodConfig, set_bn_mode
+from methods.base import Method, MethodConfig, Needs, set_bn_mode
 from methods.registry import METHODS
 
 
@@ -22,6 +22,7 @@ class TTTMAEConfig(MethodConfig):
 class TTTMAE(Method):
     """TTT on masked-point reconstruction (needs a joint-mae model); backbone updated, heads frozen"""
 
+    needs = Needs(recipe="joint-mae")
     default_recipe = "joint-mae"
 
     def adapt_params(self):
