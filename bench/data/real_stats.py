@@ -126,7 +126,8 @@ CLASS_FREQUENCIES: Final[dict[str, ClassFrequency]] = {
     "scannet": ClassFrequency(
         dataset="scannet",
         shares=_named("scannet", _shares_from_pn2_weights(SCANNET20_PN2_CLASS_WEIGHTS)),
-        counted="mesh vertices (_vh_clean_2.ply) of the ScanNet v2 train split (1201 scans), over the "
+        counted="mesh vertices (_vh_clean_2.ply) of the ScanNet v2 train split (scannetv2_train.txt, "
+                "1201 scans), over the "
                 "20 benchmark classes (unannotated and non-benchmark vertices excluded)",
         derivation="f = exp(1/w) - 1.2 from the published PointNet++ class weights w; the recovered "
                    "shares sum to 1.0000008, which confirms the inversion",
@@ -243,7 +244,9 @@ S3DIS_ROOMS: Final[dict[str, dict[str, int]]] = {
 S3DIS_ROOMS_SOURCE: Final[str] = (
     "room folder names of S3DIS v1.2 (Armeni et al., CVPR 2016), as listed line by line in PointNet's "
     "sem_seg/meta/anno_paths.txt (charlesq34/pointnet; copy read: laomeng0703/S-Pointnet, 272 rooms: "
-    "Area_1 44, Area_2 40, Area_3 23, Area_4 49, Area_5 68, Area_6 48); counted by type prefix"
+    "Area_1 44, Area_2 40, Area_3 23, Area_4 49, Area_5 68, Area_6 48; another copy, LebronGG/PointNet, "
+    "lacks Area_1/hallway_7, hallway_8 and Area_5/hallway_6); counted by type prefix; Area_1's 44 rooms "
+    "also appear in the KPConv-PyTorch preparation log quoted in HuguesTHOMAS/KPConv-PyTorch issue #141"
 )
 # S3DIS room type -> harness room type (a harness choice, not a published mapping; None = no
 # counterpart: the world does not generate that kind of room).
