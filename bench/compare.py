@@ -35,7 +35,6 @@ from rich.table import Table
 from scipy import stats as sps
 
 from bench.errors import BenchError
-from bench.report.frame import IDENTITY
 from bench.stats import paired_test
 from bench.store import ResultsStore
 
@@ -44,7 +43,10 @@ log = logging.getLogger(__name__)
 NOISE_MEAN = 0.009  # mean |Δ mIoU| of single cells across CPU types (issue 15), as a fraction
 SINGLE_SEED_TOL = 0.06  # max |Δ mIoU| of single cells across CPU types (issue 15), as a fraction
 ALPHA = 0.05
-KEY = IDENTITY + ("source", "target", "n_test")
+# what a row ran, in columns whose text is stable across versions (full configs such as train_cfg may
+# gain recorded defaults); rows differing only elsewhere are averaged like seeds
+KEY = ("label", "method", "params", "recipe", "train_on", "teacher", "backbone", "episodic", "predict", "source",
+       "target", "n_test")
 
 
 def grid_name(folder: Path) -> str:

@@ -29,10 +29,11 @@ from bench.roles import role
 from bench.store import ResultsStore
 
 IDENTITY = ("label", "method", "params", "recipe", "train_on", "teacher", "backbone", "backbone_cfg", "episodic",
-            "predict")
+            "predict", "n_train", "features", "train_cfg")
 CONTEXT = ("backbone", "backbone_cfg", "source", "target", "seed", "n_train", "n_test", "features", "train_cfg")
 ROLE_RANK = {"baseline": 0, "method": 1, "control": 2}
-_SHOWN = ("recipe", "train_on", "episodic", "predict")  # shown in a name only where rows of one label differ
+# shown in a name only where rows of one label differ in them
+_SHOWN = ("method", "recipe", "train_on", "episodic", "predict", "n_train", "features", "train_cfg")
 
 
 def _params(s) -> dict:
