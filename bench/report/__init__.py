@@ -45,7 +45,7 @@ def make_report(folder: Path) -> list[Path]:
         if table is not None:
             written += write_table(table, out, name)
     written += figures(res, out)
-    log.info("wrote %d report files under %s", len(written), out)
+    log.debug("wrote %d report files under %s", len(written), out)
     return written
 
 

@@ -36,7 +36,8 @@ def pct(x: float) -> str:
 @dataclass
 class Table:
     """A header row, body rows of text, cells to emphasise, a caption and optional column groups
-    ((label, span) pairs spanning the columns after the first)."""
+    ((label, span) pairs spanning the columns after the first): a spanning row in LaTeX, a prefix
+    ``group + group_sep`` of each column name in Markdown."""
 
     header: list[str]
     rows: list[list[str]]
@@ -44,12 +45,19 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)
     groups: list[tuple[str, int]] = field(default_factory=list)
     align: str = ""  # LaTeX column spec; default l then c
+    group_sep: str = " → "
+
+    def _md_header(self) -> list[str]:
+        if not self.groups:
+            return self.header
+        prefix = [""] + [g for g, n in self.groups for _ in range(n)]
+        return [f"{p}{self.group_sep}{h}" if p else h for p, h in zip(prefix, self.header)]
 
     def to_markdown(self) -> str:
         def cell(i, j, s):
             return f"**{s}**" if (i, j) in self.bold and s not in ("", "-") else s
 
-        out = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        out = ["| " + " | ".join(self._md_header()) + " |", "|" + "---|" * len(self.header)]
         out += ["| " + " | ".join(cell(i, j, s) for j, s in enumerate(r)) + " |" for i, r in enumerate(self.rows)]
         return "\n".join(out) + ("\n\n" + self.caption if self.caption else "") + "\n"
 
@@ -137,7 +145,7 @@ def main_table(res: Results, cs: ColumnStats | None = None) -> Table:
         line.append(f"{rk[0]:.1f} [{rk[1]:.1f}, {rk[2]:.1f}]" if rk else "-")
         rows.append(line)
     seeds = sorted(res.cells["seed"].unique())
-    header = ["method"] + [f"{short(s)} → {short(t)}" for s, t in cols] + ["mean rank [95% CI]"]
+    header = ["method"] + [short(t) for _, t in cols] + ["mean rank [95% CI]"]
     sources = []
     for s, _ in cols:
         if sources and sources[-1][0] == short(s):
@@ -151,8 +159,10 @@ def main_table(res: Results, cs: ColumnStats | None = None) -> Table:
         "among the non-control rows (1 = best), averaged over columns; 95% percentile interval from 1000 bootstrap "
         "resamples of seeds and test scenes within each column (paired across rows). Rows: baseline, methods, "
         "controls; within them by adaptation cost.")
-    if all(g is None for g in cs.groups.values()):
+    if res.scenes.empty:
         caption += " No per-scene rows: no significance marks or ranks."
+    elif all(g is None for g in cs.groups.values()):
+        caption += " Fewer than two ranked rows with per-scene rows in every column: no significance marks or ranks."
     elif cs.pairs:
         n = min(cs.pairs.values())
         caption += (f" With n paired (seed, scene) values per column (here at least {n}) the smallest one-sided "
@@ -211,8 +221,11 @@ def cost_matched_table(res: Results, cs: ColumnStats | None = None) -> Table | N
         if not cols:
             continue
         means = {r: float(np.mean([cs.mean[(r, col)] for col in cols])) for r in members}
-        deltas = {r: float(np.nanmean([res.delta(r, col) for col in cols])) if res.roles[r] != "baseline"
-                  else float("nan") for r in members}
+        deltas = {}
+        for r in members:
+            d = [res.delta(r, col) for col in cols] if res.roles[r] != "baseline" else []
+            d = [x for x in d if np.isfinite(x)]
+            deltas[r] = float(np.mean(d)) if d else float("nan")
         group = None
         if len(members) > 1:
             per = {r: [] for r in members}
