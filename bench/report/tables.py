@@ -207,6 +207,7 @@ def cost_matched_table(res: Results, cs: ColumnStats | None = None) -> Table | N
     c = res.cells
     base = c[c["role"] == "baseline"]
     unit = float((base if len(base) else c)["infer_s_per_scene"].mean())
+    unit_text = "one Source-Only forward pass" if len(base) else "one forward pass (mean over rows: no Source-Only)"
     if not np.isfinite(unit) or unit <= 0:
         return None
     cost = c.groupby("row")["adapt_s_per_scene"].mean() / unit
@@ -245,8 +246,8 @@ def cost_matched_table(res: Results, cs: ColumnStats | None = None) -> Table | N
             rows.append([_band_text(k), r, f"{c[c['row'] == r]['adapt_s_per_scene'].mean():.3f}", f"{cost[r]:.1f}",
                          pct(means[r]), f"{100 * deltas[r]:+.1f}" if np.isfinite(deltas[r]) else "-", str(len(cols))])
     caption = (
-        f"Rows at matched adaptation cost. Cost band: adaptation seconds per scene in units of one Source-Only "
-        f"forward pass on the same run ({unit:.3f} s per scene), bands 4× apart. mIoU: mean over the pairs every "
+        f"Rows at matched adaptation cost. Cost band: adaptation seconds per scene in units of {unit_text} "
+        f"on the same run ({unit:.3f} s per scene), bands 4× apart. mIoU: mean over the pairs every "
         "row of the band has (column 'pairs'); Δ: paired change against Source-Only (same backbone, pair, seed "
         "and scenes). Bold: within the band, the best row and every row not significantly worse than it "
         "(one-sided Wilcoxon signed-rank test on per-scene mIoU pooled over the band's pairs, seeds and scenes, "
