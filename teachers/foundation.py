@@ -204,7 +204,8 @@ class DinoV2(ImageTeacher):
                 raise BenchError(f"teacher 'dinov2': {w} holds {arch.describe()}, but registers={cfg.registers} "
                                  f"is configured; set registers={regs} (or leave it unset)")
             kw = {"embed_dim": arch.dim, "depth": arch.depth, "patch_size": arch.patch,
-                  "img_size": arch.grid * arch.patch, "num_heads": max(1, arch.dim // 64)}
+                  "img_size": arch.grid * arch.patch, "num_heads": max(1, arch.dim // 64),
+                  "weight_init": "skip"}  # the file overwrites every weight
         base = DINO_TIMM.get(variant, DINO_TIMM["g" if arch is not None and arch.swiglu else "s"])
         if regs:
             kw.update(reg_tokens=regs, no_embed_class=True)

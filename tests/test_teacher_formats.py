@@ -90,6 +90,20 @@ def test_dinov2_official_file_by_its_download_name(weights_dir, registers):
     torch.testing.assert_close(t.feature_maps(imgs), _dino_reference(net, imgs), rtol=1e-4, atol=1e-4)
 
 
+def test_dinov2_giant_swiglu_layout(weights_dir):
+    """ViT-g's official file has SwiGLU MLPs (mlp.w12 / mlp.w3): inferred as variant g (one block, small grid)."""
+    import timm
+
+    net = _randomise(timm.create_model("vit_giant_patch14_dinov2", pretrained=False, num_classes=0, depth=1,
+                                       img_size=56, weight_init="skip"))
+    sd = {k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3"): v for k, v in net.state_dict().items()}
+    torch.save({**sd, "mask_token": torch.zeros(1, 1536)}, weights_dir / "dinov2_vitg14_pretrain.pth")
+    t = build_teacher({"name": "dinov2", "short_side": 56})
+    assert t.name == "dinov2-g" and t.dim == 1536
+    imgs = _images(56, 56, n=1)
+    torch.testing.assert_close(t.feature_maps(imgs), _dino_reference(net, imgs), rtol=1e-4, atol=1e-4)
+
+
 def _official_resample(pos: torch.Tensor, h: int, w: int, registers: int) -> torch.Tensor:
     """facebookresearch/dinov2 ``interpolate_pos_encoding`` on the patch part (M*M, D) -> (h*w, D), with
     the hub settings: without registers offset 0.1 and no antialias; with registers size and antialias."""
@@ -129,16 +143,19 @@ def test_dinov2_position_embedding_resampled_as_the_official_model(weights_dir, 
         assert not torch.allclose(got, _dino_reference(dyn, imgs), atol=1e-4)
 
 
-def test_dinov2_hugging_face_snapshot(weights_dir):
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_hugging_face_snapshot(weights_dir, registers):
     from safetensors.torch import save_file
 
-    net = _timm_dino(0)
-    off = _official_layout(net, 0)
+    net = _timm_dino(registers)
+    off = _official_layout(net, registers)
     hf = {"embeddings.cls_token": off["cls_token"], "embeddings.mask_token": off["mask_token"],
           "embeddings.position_embeddings": off["pos_embed"],
           "embeddings.patch_embeddings.projection.weight": off["patch_embed.proj.weight"],
           "embeddings.patch_embeddings.projection.bias": off["patch_embed.proj.bias"],
           "layernorm.weight": off["norm.weight"], "layernorm.bias": off["norm.bias"]}
+    if registers:
+        hf["embeddings.register_tokens"] = off["register_tokens"]
     ren = {"norm1": "norm1", "norm2": "norm2", "ls1.gamma": "layer_scale1.lambda1", "ls2.gamma": "layer_scale2.lambda1",
            "attn.proj": "attention.output.dense", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
     for k, v in off.items():
@@ -149,9 +166,12 @@ def test_dinov2_hugging_face_snapshot(weights_dir):
         elif m:
             a = next(a for a in ren if m.group(2).startswith(a))
             hf[f"encoder.layer.{m.group(1)}.{ren[a]}{m.group(2)[len(a):]}"] = v
-    (weights_dir / "dinov2-small").mkdir()
-    save_file(hf, str(weights_dir / "dinov2-small" / "model.safetensors"))
+    folder = weights_dir / ("dinov2-with-registers-small" if registers else "dinov2-small")
+    folder.mkdir()
+    save_file(hf, str(folder / "model.safetensors"))
     t = build_teacher({"name": "dinov2"})
+    assert t.registers == registers
+    assert build_teacher({"name": "dinov2", "weights": str(folder)}).weights_id == t.weights_id  # a snapshot folder
     imgs = _images(224, 224)
     torch.testing.assert_close(t.feature_maps(imgs), _dino_reference(net, imgs), rtol=1e-4, atol=1e-4)
 
