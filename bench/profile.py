@@ -28,12 +28,12 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
-import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from bench.errors import BenchError
+
+# torch and numpy are imported inside the functions, so that building the CLI parser stays cheap
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ def choose_threads(requested: int | None = None) -> int:
 
 def spread(ts: list[float]) -> dict:
     """Median and spread of repeated timings (seconds)."""
+    import numpy as np
+
     a = np.asarray(ts, dtype=float)
     return {"median": float(np.median(a)), "p25": float(np.percentile(a, 25)), "p75": float(np.percentile(a, 75)),
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
@@ -87,11 +89,15 @@ class Timer:
     """Accumulates seconds per named part; CUDA is synchronised at every boundary."""
 
     def __init__(self, device: str):
+        import torch
+
         self.cuda = torch.device(device).type == "cuda"
         self.seconds: dict[str, float] = defaultdict(float)
 
     def now(self) -> float:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
         return time.perf_counter()
 
@@ -111,9 +117,10 @@ class Timer:
 
 
 @contextmanager
-def spunet_breakdown(model: torch.nn.Module, timer: Timer):
+def spunet_breakdown(model, timer: Timer):
     """Time spunet's voxelisation, rulebook, sparse convolutions and BatchNorm while inside the block."""
     import spconv.pytorch as spconv
+    import torch
     from spconv.pytorch import ops
 
     import backbones.spunet as sp
@@ -186,6 +193,8 @@ def ttt_step_fn(model, batch, target, mask, opt):
 
 def profile_ttt_step(scene, device: str, repeats: int) -> dict:
     """The spunet TTT-KD step, broken into parts (median and spread of each over the repeats)."""
+    import torch
+
     from backbones.batch import make_batch
     from backbones.losses import distill_loss
     from backbones.model import ModelSpec, build_model
@@ -220,6 +229,9 @@ def profile_ttt_step(scene, device: str, repeats: int) -> dict:
 
 def profile_train_step(train_scenes, device: str, repeats: int) -> dict:
     """One training step of backbones/train.py (source recipe defaults), broken into parts."""
+    import numpy as np
+    import torch
+
     from backbones.batch import make_batch, scene_features
     from backbones.model import ModelSpec, build_model
     from backbones.train import TrainConfig, augment
@@ -261,6 +273,8 @@ def profile_train_step(train_scenes, device: str, repeats: int) -> dict:
 def profile(device: str = "cpu", repeats: int = 5, console: Console | None = None, threads: int | None = None,
             backbones: tuple[str, ...] = ("spunet", "pointnet2"), breakdown: bool = True) -> dict:
     """Time forward and TTT-KD step per backbone, and the step/training breakdowns; print tables."""
+    import torch
+
     from backbones.batch import make_batch
     from backbones.model import ModelSpec, build_model
     from bench.cell import PeakMemory

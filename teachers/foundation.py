@@ -32,8 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
-from teachers.base import (RANDOM_INIT, ImageTeacher, is_torchscript, load_into, normalise, read_checkpoint,
-                           resolve_weights, strip_prefix, weights_id)
+from teachers.base import (
+    RANDOM_INIT,
+    ImageTeacher,
+    is_torchscript,
+    load_into,
+    normalise,
+    read_checkpoint,
+    resolve_weights,
+    strip_prefix,
+    weights_id,
+)
 from teachers.registry import TEACHERS
 
 log = logging.getLogger(__name__)

@@ -115,3 +115,38 @@ def test_scene_generation(benchmark):
 
     s = benchmark.pedantic(generate_scene, args=("synth-matterport", "test", 0, 0), rounds=1, iterations=1)
     assert s.num_points > 1000
+
+
+def test_profile_threads_never_exceed_free_cores(monkeypatch):
+    import os
+
+    from bench import profile as prof
+    from bench.errors import BenchError
+
+    monkeypatch.setattr(prof, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))  # another process keeps ~2 cores busy
+    assert prof.choose_threads(2) == 1 and prof.choose_threads(None) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert prof.choose_threads(2) == 2 and prof.choose_threads(None) == 1  # one thread unless asked
+    with pytest.raises(BenchError, match="at least 1"):
+        prof.choose_threads(0)
+
+
+def test_profile_reports_median_spread_and_parts():
+    import io
+
+    from rich.console import Console
+
+    from bench.profile import STEP_PARTS, TRAIN_PARTS, profile
+
+    before = torch.get_num_threads()
+    buf = io.StringIO()
+    out = profile("cpu", 2, Console(file=buf, width=200), threads=1, backbones=("spunet",))
+    torch.set_num_threads(before)
+    assert out["threads"] == 1 and out["repeats"] == 2
+    r = out["backbones"][0]
+    assert r["ttt_step_s"]["n"] == 2 and r["ttt_step_s"]["min"] <= r["ttt_step_s"]["median"] <= r["ttt_step_s"]["max"]
+    assert set(STEP_PARTS) <= set(out["ttt_step"]) and set(TRAIN_PARTS) <= set(out["train_step"])
+    assert out["ttt_step"]["rulebook"]["median"] > 0 and out["train_step"]["backward"]["median"] > 0
+    text = buf.getvalue()
+    assert "rulebook" in text and "25-75 %" in text and "1 torch thread(s)" in text
