@@ -118,25 +118,32 @@ def resolve_weights(teacher: str, weights: str | None, accepted: Sequence[str], 
         if p.is_dir():
             for name in dict.fromkeys(Path(a).name for a in accepted):
                 if (p / name).is_file():
-                    return p / name
+                    return not_empty(p / name, teacher)
             raise BenchError(f"teacher '{teacher}': folder {p} holds none of the accepted checkpoint files "
                              f"({', '.join(dict.fromkeys(Path(a).name for a in accepted))}); point weights= "
                              f"at the checkpoint file itself (from {source}).")
         if not p.is_file():
             raise BenchError(f"teacher '{teacher}': weights file {p} not found. Give an existing checkpoint "
                              f"(accepted names: {names}; from {source}).")
-        return p
+        return not_empty(p, teacher)
     root = weights_root()
     if root is not None:
         for name in accepted:
             if (root / name).is_file():
-                return root / name
+                return not_empty(root / name, teacher)
     raise BenchError(
         f"teacher '{teacher}' needs pretrained weights and none can be downloaded here. Put one of these "
         f"files (from {source}) into the folder named by ${WEIGHTS_ENV}"
         f"{f' (now {root}, which has none of them)' if root else ' (not set)'}: {names}; "
         f"or pass a file as weights=PATH in the grid / --teacher-weights NAME=PATH, "
         f"or use weights='{RANDOM_INIT}' for a plumbing smoke test (results are labelled random-init).")
+
+
+def not_empty(path: Path, teacher: str) -> Path:
+    if path.stat().st_size == 0:
+        raise BenchError(f"teacher '{teacher}': {path} is empty (0 bytes), probably an interrupted download; "
+                         "download it again")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -246,11 +253,8 @@ def read_checkpoint(path: Path, teacher: str) -> dict[str, torch.Tensor]:
     only (a pickle that carries code is refused); TorchScript archives through ``read_torchscript``.
     Wrapper dicts (``state_dict``/``model``/...) are unwrapped and a common ``module.`` prefix (from
     DataParallel / DDP training checkpoints) is stripped."""
-    path = Path(path)
+    path = not_empty(Path(path), teacher)
     size = path.stat().st_size
-    if size == 0:
-        raise BenchError(f"teacher '{teacher}': {path} is empty (0 bytes), probably an interrupted download; "
-                         "download it again")
     fix = ("the file is truncated or not a checkpoint; download it again (compare its size with the "
            "published one)")
     try:

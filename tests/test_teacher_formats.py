@@ -227,6 +227,10 @@ def test_missing_weights_list_every_accepted_name(monkeypatch, tmp_path):
     with pytest.raises(BenchError, match="sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth"):
         check_teacher("sam")
     assert check_teacher({"name": "clip", "weights": "random-init"}) == "random-init"
+    (tmp_path / "sam_vit_h_4b8939.pth").write_bytes(b"")  # found, but an interrupted download
+    with pytest.raises(BenchError, match=r"sam_vit_h_4b8939.pth is empty \(0 bytes\)"):
+        check_teacher("sam")
+    assert check_teacher({"name": "oracle"}) is None
 
 
 # --------------------------------------------------------------------------------------------- CLIP
