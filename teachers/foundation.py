@@ -114,7 +114,7 @@ class DinoArch:
 
 def dinov2_official_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A DINOv2 state dict in facebookresearch/dinov2's key layout, from the official file (plain or
-    with block chunks ``blocks.C.I.``) or a Hugging Face ``Dinov2Model`` state dict."""
+    with block chunks ``blocks.C.I.``), a Hugging Face ``Dinov2Model`` state dict, or timm's own layout."""
     for prefix in ("backbone.", "dinov2."):
         sd = strip_prefix(sd, prefix)
     if "embeddings.cls_token" in sd:  # Hugging Face layout
@@ -144,6 +144,10 @@ def dinov2_official_layout(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
                         if rest.startswith(a + ".") or rest == a:
                             sd[f"blocks.{i}.{b}{rest[len(a):]}"] = v
         return sd
+    if "reg_token" in sd and "register_tokens" not in sd:  # timm's own layout of the register models
+        sd = dict(sd)
+        sd["register_tokens"] = sd.pop("reg_token")
+        sd["pos_embed"] = torch.cat([torch.zeros_like(sd["pos_embed"][:, :1]), sd["pos_embed"]], 1)
     # official layout; block chunks (FSDP training) keep the global block index as the second number
     return {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
 

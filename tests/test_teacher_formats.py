@@ -87,7 +87,11 @@ def test_dinov2_official_file_by_its_download_name(weights_dir, registers):
     t = build_teacher({"name": "dinov2"})  # variant, registers and size from the file
     assert t.name == ("dinov2-s-reg4" if registers else "dinov2-s") and t.dim == 384
     imgs = _images(224, 224)  # the file's native 16x16 grid: no position resampling
-    torch.testing.assert_close(t.feature_maps(imgs), _dino_reference(net, imgs), rtol=1e-4, atol=1e-4)
+    ref = _dino_reference(net, imgs)
+    torch.testing.assert_close(t.feature_maps(imgs), ref, rtol=1e-4, atol=1e-4)
+    torch.save(net.state_dict(), weights_dir / "timm.pth")  # timm's own layout (as on timm's hub) works too
+    t = build_teacher({"name": "dinov2", "weights": str(weights_dir / "timm.pth")})
+    torch.testing.assert_close(t.feature_maps(imgs), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_dinov2_giant_swiglu_layout(weights_dir):
