@@ -183,7 +183,8 @@ def test_matterport_scans_that_cannot_be_used(tmp_path, synth_scene, caplog):
     with caplog.at_level(logging.INFO):
         s = get_dataset("matterport3d", root=str(root), frame_stride=1).load(f"test/{HOUSE}_region0")
     assert len(s.views) == 1
-    assert re.search(r"1 scan without intrinsics: .*\.conf:6 \(the intrinsics_matrix of line 5 is malformed", caplog.text)
+    assert re.search(r"1 scan without intrinsics: .*\.conf:6 \(the intrinsics_matrix of line 5 is malformed",
+                     caplog.text)
     conf.write_text("\n".join(text) + "\n")
     # a missing depth image costs its scan; when no scan is left the reader stops, naming the files
     (house / "undistorted_depth_images" / "pano00_d1_0.png").unlink()

@@ -131,7 +131,7 @@ def test_registry_contract_configs_and_unknown_options(tmp_path):
         make_config(entry, {}, "x")  # every option has a default
     with pytest.raises(BenchError, match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: root, seed"):
         get_dataset("synth-s3dis", sed=1)
-    with pytest.raises(BenchError, match=r"dataset 'scannet' has no parameter 'frame_cont'.*valid parameters: frame_count"):
+    with pytest.raises(BenchError, match=r"dataset 'scannet' has no parameter 'frame_cont'.*parameters: frame_count"):
         get_dataset("scannet", root=str(tmp_path), frame_cont=3)
     cfg = dataset_config("synth-s3dis:jitter@2", {"seed": 3})
     ds = get_dataset("synth-s3dis:jitter@2", cfg=cfg)
@@ -148,5 +148,5 @@ def test_no_import_from_data_up_into_teachers():
     import subprocess
     import sys
 
-    code = "import sys, bench.data; assert not [m for m in sys.modules if m.startswith('teachers')], 'teachers imported'"
+    code = "import sys, bench.data; assert not [m for m in sys.modules if m.startswith('teachers')], 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

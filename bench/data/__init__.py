@@ -7,6 +7,15 @@ imports from ``teachers/``.
 """
 
 from bench.data import corrupt, datasets, real, synth  # noqa: F401  (register entries)
-from bench.data.corrupt import CORRUPTIONS, corrupt as apply_corruption  # noqa: F401
-from bench.data.datasets import DATASETS, SPLITS, CorruptedDataset, Dataset, DatasetSpec, dataset_config, get_dataset  # noqa: F401
+from bench.data.corrupt import CORRUPTIONS  # noqa: F401
+from bench.data.corrupt import corrupt as apply_corruption  # noqa: F401
+from bench.data.datasets import (  # noqa: F401
+    DATASETS,
+    SPLITS,
+    CorruptedDataset,
+    Dataset,
+    DatasetSpec,
+    dataset_config,
+    get_dataset,
+)
 from bench.data.scene import FrameSkips, Scene, View, read_scene, write_scene  # noqa: F401

@@ -123,7 +123,8 @@ class NoisePoints(SeverityTable):
     fraction: tuple[float, ...] = (0.02, 0.04, 0.06, 0.08, 0.10)  # added points, share of the scene's
 
 
-@CORRUPTIONS.register("noise_points", description="add 2-10% background points uniformly in the bounding box", config=NoisePoints)
+@CORRUPTIONS.register("noise_points", description="add 2-10% background points uniformly in the bounding box",
+                      config=NoisePoints)
 def noise_points(*, cfg: NoisePoints, scene: Scene, severity: int, seed: int = 0) -> Scene:
     rng = np.random.default_rng(seed)
     n = int(_sev(cfg.fraction, severity) * scene.num_points)

@@ -52,6 +52,13 @@ def depth_agreement(coord: np.ndarray, views: list[View], tol: float = 0.1, max_
     return on / (on + front) if on + front else 0.0
 
 
+def _centred(x: np.ndarray, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """``x`` (M,3) minus the mean of its cell, per channel."""
+    count = np.maximum(np.bincount(cell, minlength=n_cells), 1)[:, None]
+    sums = np.stack([np.bincount(cell, x[:, c], n_cells) for c in range(x.shape[1])], 1)
+    return x - (sums / count)[cell]
+
+
 def color_consistency(coord: np.ndarray, color: np.ndarray, views: list[View], tol: float = 0.1,
                       max_points: int = 20000, min_points: int = 50, cells: int = 4) -> float:
     """Correlation between point colours and the image colours lifted onto them.
@@ -75,13 +82,7 @@ def color_consistency(coord: np.ndarray, color: np.ndarray, views: list[View], t
         ui, vi = np.round(u[seen]).astype(np.int64), np.round(vv[seen]).astype(np.int64)
         h, w = v.depth.shape
         cell = (vi * cells // h) * cells + ui * cells // w
-        count = np.maximum(np.bincount(cell, minlength=cells * cells), 1)[:, None]
-
-        def centred(x: np.ndarray) -> np.ndarray:
-            sums = np.stack([np.bincount(cell, x[:, c], cells * cells) for c in range(3)], 1)
-            return x - (sums / count)[cell]
-
-        a, b = centred(v.image[vi, ui] / 255.0), centred(cols[seen])
+        a, b = _centred(v.image[vi, ui] / 255.0, cell, cells * cells), _centred(cols[seen], cell, cells * cells)
         den = float(np.sqrt((a * a).sum() * (b * b).sum()))
         total += m * (float((a * b).sum()) / den if den > 0 else 0.0)
         weight += m

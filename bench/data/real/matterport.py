@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MatterportConfig(RealConfig):
-    images: str | None = None  # the undistorted release (default ROOT/matterport or $TTT_BENCH_DATA_MATTERPORT3D_IMAGES)
+    images: str | None = None  # undistorted release (default ROOT/matterport, $TTT_BENCH_DATA_MATTERPORT3D_IMAGES)
     region_margin: float = 0.5  # metres around the region's points within which a camera belongs to it
 
 

@@ -31,6 +31,7 @@ placement), ``render`` (ray casting and shading; camera geometry is ``bench.data
 """
 
 from bench.data.geometry import intrinsic_for, look_at  # noqa: F401
+from bench.data.synth.dataset import SynthDataset, SynthDatasetConfig  # noqa: F401  (registers the domains)
 from bench.data.synth.domains import DOMAINS, Domain  # noqa: F401
 from bench.data.synth.generate import (  # noqa: F401
     GENERATOR_VERSION,
@@ -42,4 +43,3 @@ from bench.data.synth.generate import (  # noqa: F401
 )
 from bench.data.synth.render import Lighting, camera_rays, kelvin_rgb, raycast, render, shade, visible_boxes  # noqa: F401
 from bench.data.synth.room import Boxes, build_room  # noqa: F401
-from bench.data.synth.dataset import SynthDataset, SynthDatasetConfig  # noqa: F401, E402  (registers the domains)

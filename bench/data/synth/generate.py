@@ -14,7 +14,7 @@ import numpy as np
 from bench.data.classes import IGNORE, NUM_CLASSES
 from bench.data.geometry import intrinsic_for, look_at
 from bench.data.scene import Scene, View
-from bench.data.synth.domains import C, DOMAINS
+from bench.data.synth.domains import DOMAINS, C
 from bench.data.synth.render import Lighting, camera_rays, kelvin_rgb, render
 from bench.data.synth.room import _Room, build_room
 

@@ -10,6 +10,7 @@ import torch
 
 from bench.data.classes import IGNORE
 
+
 def raycast(origins: torch.Tensor, dirs: torch.Tensor, boxes, chunk: int = 8192):
     """Nearest hit of each ray with the oriented boxes: (t, box index, world normal); t=inf for a miss."""
     center, half, yaw = boxes[0], boxes[1], boxes[2]

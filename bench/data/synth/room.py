@@ -12,6 +12,7 @@ import torch
 from bench.data.classes import IGNORE
 from bench.data.synth.domains import C, Domain
 
+
 @dataclass
 class Boxes:
     """Oriented boxes (rotated about z): centre, half extent, yaw, label, albedo, texture frequency."""
