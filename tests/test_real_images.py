@@ -106,6 +106,28 @@ def test_s3dis_2d3ds_views_aligned_and_lifted(s3dis_root, synth_scene, caplog):
         get_dataset("s3dis", root=str(root), images=str(root / "nope"))
 
 
+def test_s3dis_bad_frames_of_every_kind_are_skipped(tmp_path, synth_scene, caplog):
+    root = tmp_path / "s3dis"
+    _pointcept(root / "Area_5" / "office_1", synth_scene, synth_scene.coord)
+    data = _write_2d3ds(root / "2d3ds" / "area_5", "office_1", synth_scene.views[:5])
+    poses = sorted((data / "pose").iterdir())
+    stem = [p.name[: -len("pose.json")] for p in poses]
+    poses[0].write_text("{ not json")  # unreadable pose
+    poses[1].write_text(json.dumps({"camera_rt_matrix": [[1, 0, 0]], "camera_k_matrix": [[1]]}))  # wrong shapes
+    (data / "depth" / f"{stem[2]}depth.png").unlink()  # depth missing
+    (data / "rgb" / f"{stem[3]}rgb.png").write_bytes(b"truncated")  # unreadable image
+    ds = get_dataset("s3dis", root=str(root), frame_stride=1, image_size=(96, 128), align="none")
+    with caplog.at_level(logging.INFO):
+        s = ds.load("Area_5/office_1")
+    assert len(s.views) == 1 and s.diagnostics["frames_skipped"] == 4
+    assert "skipped 4 of 5 2D-3D-S frames" in caplog.text
+    for name in (poses[0].name, poses[1].name, f"{stem[2]}depth.png", f"{stem[3]}rgb.png"):
+        assert name in caplog.text
+    poses[4].write_text("[]")
+    with pytest.raises(BenchError, match="none of the 5 2D-3D-S frames is usable"):
+        ds.load("Area_5/office_1")
+
+
 def _write_matterport(house_dir, views, extra_lines=()):
     """Undistorted release: OpenGL-style camera-to-world and bottom-left cy in the .conf file."""
     for sub in ("undistorted_camera_parameters", "undistorted_color_images", "undistorted_depth_images"):
