@@ -497,13 +497,20 @@ class Ray(Executor):
         self.address, self.workers, self.device = address, workers, device
         self.trainings: list[dict] = []  # what each model's training job reported (status, node)
         self.nodes: dict[str, str] = {}  # cell id -> node that ran it
+        self._ray, self._started = None, False
+
+    def connect(self):
+        """Connect now (make_executor does, so a bad address fails before any work starts)."""
+        if self._ray is None:
+            self._ray, self._started = connect_ray(self.address, self.workers or cpu_cores())
+        return self._ray
 
     def describe(self) -> str:
         return (f"ray: {self.address or 'local'}, one task per model training and per cell, "
                 "1 torch thread each")
 
     def _execute(self, models, activity):
-        ray, started = connect_ray(self.address, self.workers or cpu_cores())
+        ray, started = self.connect(), self._started
         # a Ray started here shares this machine's cache folder; a cluster's nodes use their own
         cache = str(cache_dir()) if started else None
         gpus = 1 if self.device.startswith("cuda") else 0
@@ -554,6 +561,7 @@ class Ray(Executor):
                 log.debug("inbox: %s", e)
             if started:
                 ray.shutdown()
+                self._ray, self._started = None, False
 
     def _training_done(self, ray, m: _Model, tref, pending: dict, activity: Activity) -> None:
         """Record the model's training (once, before any of its cells: their rows depend on it)."""
@@ -603,5 +611,7 @@ def make_executor(kind: str, workers: int = 0, address: str | None = None, devic
         workers = workers or cpu_cores()
         return InProcess() if workers <= 1 else Pool(workers)
     if kind == "ray":
-        return Ray(address, workers or None, device)
+        ex = Ray(address, workers or None, device)
+        ex.connect()
+        return ex
     raise BenchError(f"unknown executor '{kind}'; valid: auto, inprocess, pool, ray")

@@ -182,14 +182,15 @@ def test_killed_worker_costs_only_its_cell(tmp_path, worker_imports, caplog):
 
 
 def test_ctrl_c_stops_workers_and_keeps_finished_cells(tmp_path, worker_imports):
-    """SIGINT to `python -m bench run` with a pool: it exits (code 130, no traceback) without waiting
+    """SIGINT to the CLI's `run` with a pool: it exits (code 130, no traceback) without waiting
     for the running cells (each would sleep 10 minutes), its workers are gone, finished rows stay."""
     grid = _grid(tmp_path, SOURCE + '[[methods]]\nname = "test_sleeper"\nseconds = 600.0\n'
                  '[[methods]]\nname = "test_sleeper"\nlabel = "s2"\nseconds = 601.0\n')
     out = tmp_path / "run"
     env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--grid", str(grid), "--out", str(out),
-                             "--executor", "pool", "--workers", "2"], cwd=ROOT, env=env,
+    args = ["run", "--grid", str(grid), "--out", str(out), "--executor", "pool", "--workers", "2"]
+    script = f"import sys, test_executors; from bench.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cells = out / "cells.parquet"
     deadline = time.time() + 240
@@ -198,7 +199,7 @@ def test_ctrl_c_stops_workers_and_keeps_finished_cells(tmp_path, worker_imports)
     assert proc.poll() is None, proc.communicate()
     time.sleep(1.0)  # both sleepers are running now (the source cell finished first)
     workers = _children(proc.pid)
-    assert len(workers) == 2
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)  # a run that waited for its cells would take 10 minutes
