@@ -511,8 +511,8 @@ class Ray(Executor):
 
     def _execute(self, models, activity):
         ray, started = self.connect(), self._started
-        # a Ray started here shares this machine's cache folder; a cluster's nodes use their own
-        cache = str(cache_dir()) if started else None
+        # a Ray started here (no address) shares this machine's cache folder; a cluster's nodes use their own
+        cache = str(cache_dir()) if started and not self.address else None
         gpus = 1 if self.device.startswith("cuda") else 0
         opts = {"num_cpus": 1, "num_gpus": gpus, "max_retries": self.retries, "retry_exceptions": False}
         train_task = ray.remote(**opts)(_ray_train)
