@@ -496,7 +496,7 @@ class Ray(Executor):
     def __init__(self, address: str | None, workers: int | None, device: str):
         self.address, self.workers, self.device = address, workers, device
         self.trainings: list[dict] = []  # what each model's training job reported (status, node)
-        self.nodes: dict[str, str] = {}  # cell id -> node that ran it
+        self.nodes: dict[str, dict] = {}  # cell id -> node that ran it and that node's cache folder
         self._ray, self._started = None, False
 
     def connect(self):
@@ -547,7 +547,7 @@ class Ray(Executor):
                     if out["out"] is None:  # its model's training failed
                         yield self._result(m, c, m.result["error"])
                     else:
-                        self.nodes[_cell_id(c)] = out["node"]
+                        self.nodes[_cell_id(c)] = {"node": out["node"], "cache": out["cache"]}
                         yield self._result(m, c, out["out"])
         finally:
             for ref in pending:  # Ctrl-C or an error: stop what still runs

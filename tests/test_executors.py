@@ -279,7 +279,7 @@ def test_ray_cluster_without_shared_disk(tmp_path, worker_imports):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from bench.executors import Ray
+    from bench.executors import Ray, plan
 
     if ray.is_initialized():
         pytest.skip("a Ray connection is already open in this process")
@@ -316,7 +316,28 @@ def test_ray_cluster_without_shared_disk(tmp_path, worker_imports):
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert sum(r["checkpoint_cache"] == "miss" for r in ok) == 2
     assert sum(r["checkpoint_cache"] == "hit" for r in ok) == len(ok) - 2
-    # the cells ran on both nodes, and every node that ran a cell holds the checkpoint of its model
-    assert len(set(ex.nodes.values())) == 2
-    for c in caches:
-        assert len(list((c / "checkpoints").glob("*.pt"))) >= 1
+    # the cells ran on both nodes, and each node holds the checkpoint of every cell it ran (sent there)
+    assert len({w["node"] for w in ex.nodes.values()}) == 2
+    assert {Path(w["cache"]) for w in ex.nodes.values()} == set(caches)
+    ckpt = {t["model"]: Path(t["path"]).name for t in ex.trainings}
+    models = {c["cell_id"]: m.index for m in plan(cells) for c in m.cells}
+    for cid, w in ex.nodes.items():
+        assert (Path(w["cache"]) / "checkpoints" / ckpt[models[cid]]).is_file()
+
+
+def test_transfer_moves_cache_files_and_stays_inside_the_cache(tmp_path):
+    from bench.transfer import pack, unpack
+
+    src, dst = tmp_path / "node1", tmp_path / "node2"
+    f = src / "checkpoints" / "abc.pt"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"weights")
+    files = pack([f], root=src)
+    assert files == {"checkpoints/abc.pt": b"weights"}
+    assert unpack(files, root=dst) == [dst / "checkpoints" / "abc.pt"]
+    assert (dst / "checkpoints" / "abc.pt").read_bytes() == b"weights"
+    assert unpack(files, root=dst) == []  # present: kept, not rewritten
+    with pytest.raises(BenchError, match="outside the cache folder"):
+        unpack({"../evil.pt": b""}, root=dst)
+    with pytest.raises(BenchError, match="not inside the cache folder"):
+        pack([f], root=dst)
