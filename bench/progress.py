@@ -169,9 +169,10 @@ class Activity:
         left = eta(done, total, report.get("elapsed", 0.0))
         bar = _live
         if bar is not None:
+            line = f"{label}: {desc}"[:70]
             if key not in self.lines:
-                self.lines[key] = bar.add_task(f"{label}: {desc}"[:70], total=total, info=info)
-            bar.update(self.lines[key], completed=done, total=total, info=info)
+                self.lines[key] = bar.add_task(line, total=total, info=info)
+            bar.update(self.lines[key], completed=done, total=total, info=info, description=line)
         now = time.perf_counter()
         finished = total is not None and done >= total
         if job not in self.logged:
