@@ -136,8 +136,20 @@ def _worker_init(cache: str | None, threads: int) -> None:
     os.environ["TTT_BENCH_NO_PROGRESS"] = "1"
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
-    for mod in filter(None, (m.strip() for m in os.environ.get(IMPORTS_VAR, "").split(","))):
-        importlib.import_module(mod)
+    import_plugins()
+
+
+def import_plugins() -> list[str]:
+    """Import the modules named in $TTT_BENCH_IMPORTS (comma-separated): the caller's own methods,
+    datasets or teachers, registered at their import, then exist in this process too."""
+    mods = [m.strip() for m in os.environ.get(IMPORTS_VAR, "").split(",") if m.strip()]
+    for mod in mods:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise BenchError(f"${IMPORTS_VAR} names module '{mod}', which cannot be imported here ({e}); "
+                             "put its folder on PYTHONPATH (on every node for Ray) or remove it") from e
+    return mods
 
 
 def _death_reason(exitcode: int | None) -> str:

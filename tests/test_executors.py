@@ -341,3 +341,20 @@ def test_transfer_moves_cache_files_and_stays_inside_the_cache(tmp_path):
         unpack({"../evil.pt": b""}, root=dst)
     with pytest.raises(BenchError, match="not inside the cache folder"):
         pack([f], root=dst)
+
+
+def test_track_reports_each_item_inside_a_worker(monkeypatch):
+    from bench.executors import import_plugins
+    from bench.progress import Reporting, set_reporter, track
+
+    reports = []
+    prev = set_reporter(reports.append)
+    monkeypatch.setattr(Reporting.__init__, "__defaults__", (0.0,))  # no throttling: every report
+    try:
+        assert list(track(["a", "b", "c"], "teacher features")) == ["a", "b", "c"]
+    finally:
+        set_reporter(prev)
+    assert [(r["desc"], r["done"], r["total"]) for r in reports] == [("teacher features", i, 3) for i in range(4)]
+    monkeypatch.setenv("TTT_BENCH_IMPORTS", "test_executors, no_such_module_xyz")
+    with pytest.raises(BenchError, match="names module 'no_such_module_xyz'.*PYTHONPATH"):
+        import_plugins()
