@@ -192,6 +192,7 @@ class Executor:
 
     def run(self, cells: list) -> Iterator[tuple[dict, Result]]:
         """Yield (cell, (row, scene rows)) for every cell, as they finish."""
+        import_plugins()  # a module that workers cannot import fails here, once, before any work
         models = plan(cells)
         activity = Activity()
         for m in models:
@@ -296,7 +297,9 @@ class _Job:
 class _Worker:
     def __init__(self, ctx, cache: str, threads: int):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_pool_main, args=(child, cache, threads), daemon=True)
+        # not daemonic: a worker may start its own process pool (scene generation with threads > 1);
+        # the executor stops every worker itself, on every way out
+        self.proc = ctx.Process(target=_pool_main, args=(child, cache, threads), daemon=False)
         self.proc.start()
         child.close()
         self.job: _Job | None = None
