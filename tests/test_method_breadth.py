@@ -1,0 +1,174 @@
+"""Reference tests for the further baselines (MEMO, SHOT-IM, LAME, T3A, DeYO, RoTTA, ROID).
+
+Each test writes the algorithm straight from the paper / official code in plain torch (no project
+method class), runs it beside the registered method on the same tiny spunet and the same tiny
+scenes, and compares the adapted parameters and the predictions after 1 and 3 scenes. Both sides
+run the same float32 operations in a possibly different order, so they agree to rounding:
+tolerance ``ATOL`` (1e-5 absolute on parameters and logits; the adaptations move parameters by
+1e-3 or more with the test learning rates, so a semantic drift shows far above it).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones.batch import PointBatch, make_batch
+from backbones.model import ModelSpec, build_model
+from bench.data.scene import Scene
+from bench.registry import make_config
+from methods import METHODS, SceneInput
+from methods.augment import augment_batch
+from methods.base import BN
+
+ATOL = 1e-5
+FEATURES = ("color", "normal")
+
+
+def _scene(seed: int) -> Scene:
+    """A small room corner: a floor, a wall and a box, random colours per part (about 700 points)."""
+    rng = np.random.default_rng(seed)
+    floor = np.c_[rng.uniform(0, 2, (300, 2)), np.zeros(300)]
+    wall = np.c_[rng.uniform(0, 2, 250), np.full(250, 2.0), rng.uniform(0, 1.5, 250)]
+    box = np.c_[rng.uniform(0.5, 1.0, (150, 2)), rng.uniform(0, 0.5, 150)]
+    coord = np.concatenate([floor, wall, box]).astype(np.float32)
+    label = np.r_[np.ones(300), np.zeros(250), np.full(150, 5)].astype(np.int64)
+    base = rng.uniform(0, 1, (3, 3))
+    color = (base[np.r_[np.zeros(300, int), np.ones(250, int), np.full(150, 2)]]
+             + rng.normal(0, 0.05, (700, 3))).clip(0, 1).astype(np.float32)
+    normal = np.where(label[:, None] == 1, [0, 0, 1], np.where(label[:, None] == 0, [0, -1, 0], [1, 0, 0]))
+    return Scene(f"s{seed}", "test", coord, color, label, normal.astype(np.float32))
+
+
+SCENES = [_scene(s) for s in range(3)]
+
+
+def _model(sharpen: float = 1.0):
+    """Tiny spunet (channels 8, 16) with non-trivial BN running statistics; ``sharpen`` scales the
+    last label layer so an untrained model makes confident predictions (for entropy filters)."""
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(backbone="spunet", backbone_cfg={"channels": [8, 16]}, features=FEATURES))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, BN):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+        m.heads["seg"][2].weight.mul_(sharpen)
+        m.heads["seg"][2].bias.mul_(sharpen)
+    return m.eval()
+
+
+def _input(i: int) -> SceneInput:
+    return SceneInput(make_batch([SCENES[i]], FEATURES), i, torch.Generator().manual_seed(100 + i))
+
+
+def _gen(i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(100 + i)
+
+
+def _method(name, model, **params):
+    entry = METHODS.get(name)
+    return entry.factory(model=model, cfg=make_config(entry, params, "method"))
+
+
+def _bn(model, mode: str):
+    """Plain BN switch for the references: 'batch' statistics without touching the stored ones, or 'eval'."""
+    for m in model.modules():
+        if isinstance(m, BN):
+            m.train(mode == "batch")
+            m.track_running_stats = mode != "batch"
+
+
+def _assert_close(a: torch.nn.Module, b: torch.nn.Module, what: str):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if sa[k].is_floating_point():
+            assert torch.allclose(sa[k], sb[k], atol=ATOL, rtol=0), f"{what}: {k} differs by " \
+                f"{(sa[k] - sb[k]).abs().max():.2e}"
+
+
+def _run_pair(name, params, ref_init, ref_scene, sharpen=1.0, moved=True):
+    """Run the registered method and the reference on scenes 0, 1, 2 (resetting before each scene
+    when the method is episodic, as the runner does); compare after scenes 1 and 3."""
+    model = _model(sharpen)
+    ref_model = copy.deepcopy(model)
+    source = copy.deepcopy(model.state_dict())
+    method = _method(name, model, **params)
+    ref = ref_init(ref_model)
+    for i in range(3):
+        if method.cfg.episodic:
+            method.reset()
+        inp = _input(i)
+        method.adapt(inp)
+        pred = method.predict(inp)
+        ref_pred = ref_scene(ref, i)
+        if i in (0, 2):
+            assert torch.allclose(pred, ref_pred, atol=ATOL, rtol=0), \
+                f"{name} scene {i}: predictions differ by {(pred - ref_pred).abs().max():.2e}"
+            _assert_close(model, ref["model"] if isinstance(ref, dict) else ref_model, f"{name} scene {i}")
+    if moved:  # the comparison is not vacuous: the method changed the model
+        assert any(not torch.equal(v, source[k]) for k, v in model.state_dict().items())
+    return method, ref
+
+
+# ---------------------------------------------------------------- MEMO
+def test_memo_matches_reference():
+    lr, n_aug = 0.05, 3
+
+    def init(model):
+        return {"source": copy.deepcopy(model.state_dict()), "model": model}
+
+    def scene(ref, i):
+        model = ref["model"]
+        model.load_state_dict(ref["source"])  # episodic
+        params = list(model.backbone.parameters()) + list(model.heads["seg"].parameters())
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        _bn(model, "batch")
+        b, g = make_batch([SCENES[i]], FEATURES), _gen(i)
+        copies = [augment_batch(b, FEATURES, g) for _ in range(n_aug)]
+        big = PointBatch(torch.cat([c.coord for c in copies]), torch.cat([c.feat for c in copies]),
+                         torch.cat([torch.full_like(c.batch, k) for k, c in enumerate(copies)]), n_aug)
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            probs = model(big)["seg"].softmax(1).view(n_aug, b.coord.shape[0], -1)
+            p_bar = probs.mean(0)  # the marginal over augmentations, per point
+            loss = -(p_bar * p_bar.log()).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return model(b)["seg"]
+
+    _run_pair("memo", {"lr": lr, "n_aug": n_aug}, init, scene)
+
+
+# ---------------------------------------------------------------- reset
+RESET = {
+    "memo": {"lr": 0.05, "n_aug": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESET))
+def test_reset_restores_bit_identical_state(name):
+    model = _model(sharpen=20.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = _method(name, model, **RESET[name])
+    fresh_pred = method.predict(_input(0))
+    method.adapt(_input(0))
+    method.adapt(_input(1))
+    moved_pred = method.predict(_input(0))
+    method.reset()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    if method.optimizer is not None:
+        assert all(len(s) == 0 for s in method.optimizer.state.values())
+    assert all(not m.training for m in model.modules() if isinstance(m, BN))
+    assert not torch.equal(fresh_pred, moved_pred), f"{name} changed nothing"
+    assert torch.equal(method.predict(_input(0)), fresh_pred)
