@@ -97,10 +97,9 @@ def _run_pair(name, params, ref_init, ref_scene, sharpen=1.0, moved=True):
     """Run the registered method and the reference on scenes 0, 1, 2 (resetting before each scene
     when the method is episodic, as the runner does); compare after scenes 1 and 3."""
     model = _model(sharpen)
-    ref_model = copy.deepcopy(model)
     source = copy.deepcopy(model.state_dict())
+    ref = ref_init(copy.deepcopy(model))  # a dict holding at least the reference's "model"
     method = _method(name, model, **params)
-    ref = ref_init(ref_model)
     for i in range(3):
         if method.cfg.episodic:
             method.reset()
@@ -111,7 +110,7 @@ def _run_pair(name, params, ref_init, ref_scene, sharpen=1.0, moved=True):
         if i in (0, 2):
             assert torch.allclose(pred, ref_pred, atol=ATOL, rtol=0), \
                 f"{name} scene {i}: predictions differ by {(pred - ref_pred).abs().max():.2e}"
-            _assert_close(model, ref["model"] if isinstance(ref, dict) else ref_model, f"{name} scene {i}")
+            _assert_close(model, ref["model"], f"{name} scene {i}")
     if moved:  # the comparison is not vacuous: the method changed the model
         assert any(not torch.equal(v, source[k]) for k, v in model.state_dict().items())
     return method, ref
@@ -122,7 +121,7 @@ def test_memo_matches_reference():
     lr, n_aug = 0.05, 3
 
     def init(model):
-        return {"source": copy.deepcopy(model.state_dict()), "model": model}
+        return {"model": model, "source": copy.deepcopy(model.state_dict())}
 
     def scene(ref, i):
         model = ref["model"]
@@ -149,9 +148,45 @@ def test_memo_matches_reference():
     _run_pair("memo", {"lr": lr, "n_aug": n_aug}, init, scene)
 
 
+# ---------------------------------------------------------------- SHOT-IM
+def test_shot_im_matches_reference():
+    lr = 0.05
+
+    def init(model):
+        feat_ext = list(model.backbone.parameters()) + list(model.heads["seg"][0].parameters())
+        for p in feat_ext:
+            p.requires_grad_(True)
+        opt = torch.optim.SGD(feat_ext, lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True)
+        return {"model": model, "opt": opt}
+
+    def scene(ref, i):
+        model, opt = ref["model"], ref["opt"]
+        b = make_batch([SCENES[i]], FEATURES)
+        for m in model.modules():  # SHOT: BN in train mode, running statistics updated
+            if isinstance(m, BN):
+                m.train()
+                m.track_running_stats, m.momentum = True, 0.1
+        with torch.enable_grad():
+            p = model(b)["seg"].softmax(1)
+            ent = -(p * torch.log(p + 1e-5)).sum(1).mean()
+            p_bar = p.mean(0)
+            loss = ent + (p_bar * torch.log(p_bar + 1e-5)).sum()  # entropy - diversity
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        _bn(model, "eval")
+        with torch.no_grad():
+            return model(b)["seg"]
+
+    method, _ = _run_pair("shot_im", {"lr": lr}, init, scene)
+    # the classifier (last label layer) stayed frozen
+    assert torch.equal(method.model.heads["seg"][2].weight, _model().heads["seg"][2].weight)
+
+
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
+    "shot_im": {"lr": 0.05},
 }
 
 
