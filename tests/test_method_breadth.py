@@ -183,6 +183,49 @@ def test_shot_im_matches_reference():
     assert torch.equal(method.model.heads["seg"][2].weight, _model().heads["seg"][2].weight)
 
 
+# ---------------------------------------------------------------- LAME
+def _penultimate(model, b):
+    return model.heads["seg"][:-1](model.backbone(b))
+
+
+def test_lame_matches_reference():
+    knn, lam = 5, 1.0
+
+    def init(model):
+        return {"model": model}
+
+    def scene(ref, i):  # the official algorithm with a dense affinity, on the distinct feature rows
+        model = ref["model"]
+        _bn(model, "eval")
+        with torch.no_grad():
+            z = _penultimate(model, make_batch([SCENES[i]], FEATURES))
+            nodes, inv = torch.unique(z, dim=0, return_inverse=True)
+            unary = -torch.log(model.heads["seg"][-1](nodes).softmax(1) + 1e-10)
+            x = F.normalize(nodes, p=2, dim=-1)
+            dist = torch.norm(x.unsqueeze(0) - x.unsqueeze(1), dim=-1, p=2)
+            idx = dist.topk(knn + 1, -1, largest=False).indices[:, 1:]
+            kernel = torch.zeros(len(x), len(x)).scatter_(-1, idx, 1.0)
+            y, old = (-unary).softmax(-1), float("inf")
+            for it in range(100):
+                pairwise = lam * kernel.matmul(y)
+                y = (-unary + pairwise).softmax(-1)
+                e = (unary * y - lam * pairwise * y + y * torch.log(y.clip(1e-20))).sum().item()
+                if it > 1 and abs(e - old) <= 1e-8 * abs(old):
+                    break
+                old = e
+            return torch.log(y.clip(1e-20))[inv]
+
+    method, ref = _run_pair("lame", {"knn": knn, "lam": lam}, init, scene, moved=False)
+    # the adjustment is not vacuous: LAME changes some labels of the source model
+    inp = _input(2)
+    with torch.no_grad():
+        source_pred = method.model(inp.batch)["seg"].argmax(1)
+    assert (method.predict(inp).argmax(1) != source_pred).any()
+    # stateless: adapting changes nothing, the prediction depends on the scene alone
+    before = method.predict(inp)
+    assert method.adapt(_input(0)) == 0 and torch.equal(method.predict(inp), before)
+
+
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
