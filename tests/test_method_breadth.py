@@ -226,10 +226,50 @@ def test_lame_matches_reference():
     assert method.adapt(_input(0)) == 0 and torch.equal(method.predict(inp), before)
 
 
+# ---------------------------------------------------------------- T3A
+def test_t3a_matches_reference():
+    filter_k = 4
+
+    def ent(logits):
+        return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+    def init(model):  # official: warm-up supports are the classifier's weight rows
+        fc = model.heads["seg"][-1]
+        with torch.no_grad():
+            w = fc.weight.clone()
+            p = fc(w)
+        return {"model": model, "s": w, "y": F.one_hot(p.argmax(1), 12).float(), "e": ent(p)}
+
+    def scene(ref, i):
+        model, fc = ref["model"], ref["model"].heads["seg"][-1]
+        _bn(model, "eval")
+        with torch.no_grad():
+            z = _penultimate(model, make_batch([SCENES[i]], FEATURES))
+            nodes = torch.unique(z, dim=0)
+            p = fc(nodes)
+            s = torch.cat([ref["s"], nodes])
+            y = torch.cat([ref["y"], F.one_hot(p.argmax(1), 12).float()])
+            e = torch.cat([ref["e"], ent(p)])
+            y_hat, keep = y.argmax(1), []
+            for c in range(12):  # per class, the filter_k supports of lowest entropy
+                idx = torch.where(y_hat == c)[0]
+                keep.append(idx[torch.sort(e[idx], stable=True).indices][:filter_k])
+            keep = torch.cat(keep)
+            ref["s"], ref["y"], ref["e"] = s[keep], y[keep], e[keep]
+            w = F.normalize(ref["s"], dim=1).T @ ref["y"]
+            return z @ F.normalize(w, dim=0)
+
+    method, ref = _run_pair("t3a", {"filter_k": filter_k}, init, scene, moved=False)
+    assert torch.equal(method.supports, ref["s"])
+    # supports came from the scenes, and at most filter_k per class were kept
+    assert method.supports.shape[0] > 12 and method.labels.sum(0).max() <= filter_k
+
+
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
     "shot_im": {"lr": 0.05},
+    "t3a": {"filter_k": 4},
 }
 
 
