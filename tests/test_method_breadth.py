@@ -336,12 +336,130 @@ def test_deyo_matches_reference():
     assert any(0 < f2 < f1 for n, f1, f2 in kept), kept
 
 
+# ---------------------------------------------------------------- RoTTA
+class _RefRBN(torch.nn.BatchNorm1d):
+    """RoTTA's RobustBN1d as in the official code (global statistics replaced after each train forward)."""
+
+    def forward(self, x):
+        if self.training:
+            b_var, b_mean = torch.var_mean(x, dim=0, unbiased=False, keepdim=False)
+            mean = (1 - self.momentum) * self.running_mean + self.momentum * b_mean
+            var = (1 - self.momentum) * self.running_var + self.momentum * b_var
+            self.running_mean, self.running_var = copy.deepcopy(mean.detach()), copy.deepcopy(var.detach())
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean.view(1, -1)) / torch.sqrt(var.view(1, -1) + self.eps) * self.weight + self.bias
+
+
+def test_rotta_matches_reference():
+    lr, cap, freq, nu, alpha, block = 0.05, 6, 4, 0.2, 0.05, 0.5
+    updates = []
+
+    def score(age, unc):  # official heuristic, lambda_t = lambda_u = 1
+        return 1 / (1 + math.exp(-age / cap)) + unc / math.log(12)
+
+    def remove_from(mem, classes, base):
+        best = None
+        for c in classes:
+            for j, it in enumerate(mem[c]):
+                sc = score(it["age"], it["unc"])
+                if best is None or sc >= best[0]:
+                    best = (sc, c, j)
+        if best is None:
+            return True
+        if best[0] > base:
+            mem[best[1]].pop(best[2])
+            return True
+        return False
+
+    def add_instance(mem, x, cls, unc):
+        base = score(0, unc)
+        if len(mem[cls]) < cap / 12:
+            if sum(len(m) for m in mem) < cap:
+                ok = True
+            else:
+                most = max(len(m) for m in mem)
+                ok = remove_from(mem, [c for c in range(12) if len(mem[c]) == most], base)
+        else:
+            ok = remove_from(mem, [cls], base)
+        if ok:
+            mem[cls].append({"x": x, "unc": unc, "age": 0})
+        for m in mem:
+            for it in m:
+                it["age"] += 1
+
+    def init(model):
+        for m in model.modules():
+            if isinstance(m, BN):
+                m.__class__ = _RefRBN
+                m.momentum = alpha
+        params = [p for m in model.modules() if isinstance(m, BN) for p in (m.weight, m.bias)]
+        for p in params:
+            p.requires_grad_(True)
+        teacher = copy.deepcopy(model)
+        return {"model": model, "teacher": teacher, "opt": torch.optim.Adam(params, lr=lr),
+                "mem": [[] for _ in range(12)], "count": 0}
+
+    def update(ref, g):
+        model, teacher = ref["model"], ref["teacher"]
+        items = [it for m in ref["mem"] for it in m]
+        bank = PointBatch(torch.cat([it["x"].coord for it in items]), torch.cat([it["x"].feat for it in items]),
+                          torch.cat([torch.full((len(it["x"].coord),), k) for k, it in enumerate(items)]), len(items))
+        strong = augment_batch(bank, FEATURES, g)
+        model.train()
+        teacher.train()
+        with torch.no_grad():
+            t_out = teacher(bank)["seg"]
+        with torch.enable_grad():
+            s_out = model(strong)["seg"]
+            ce = -(t_out.softmax(1) * s_out.log_softmax(1)).sum(1)
+            per = torch.stack([ce[bank.batch == k].mean() for k in range(len(items))])
+            ages = torch.tensor([it["age"] / cap for it in items])
+            loss = (per * (torch.exp(-ages) / (1 + torch.exp(-ages)))).mean()
+            ref["opt"].zero_grad()
+            loss.backward()
+            ref["opt"].step()
+        with torch.no_grad():
+            for tp, p in zip(teacher.parameters(), model.parameters()):
+                tp.data = (1 - nu) * tp.data + nu * p.data
+        model.eval()
+        teacher.eval()
+
+    def scene(ref, i):
+        teacher = ref["teacher"]
+        b, g = make_batch([SCENES[i]], FEATURES), _gen(i)
+        with torch.no_grad():
+            p = teacher(b)["seg"].softmax(1)
+            pl, ent = p.argmax(1), -(p * torch.log(p + 1e-6)).sum(1)
+        cell = ((b.coord[:, :2] - b.coord[:, :2].min(0).values) / block).floor().long()
+        for c in torch.unique(cell, dim=0):  # lexicographic (x, y) order
+            pts = torch.where((cell == c).all(1))[0]
+            if len(pts) < 16:
+                continue
+            x = PointBatch(b.coord[pts], b.feat[pts], torch.zeros(len(pts), dtype=torch.long), 1)
+            add_instance(ref["mem"], x, int(torch.bincount(pl[pts], minlength=12).argmax()), ent[pts].mean().item())
+            ref["count"] += 1
+            if ref["count"] % freq == 0:
+                update(ref, g)
+                updates.append(i)
+        with torch.no_grad():
+            return teacher(b)["seg"]
+
+    params = {"lr": lr, "memory_size": cap, "update_frequency": freq, "nu": nu, "alpha": alpha, "block_size": block}
+    method, ref = _run_pair("rotta", params, init, scene)
+    _assert_close(method.teacher, ref["teacher"], "rotta teacher")
+    assert len(updates) >= 3 and method.memory.occupancy() == sum(len(m) for m in ref["mem"])
+    # the bank is full and class-balanced eviction has run
+    assert method.memory.occupancy() <= cap and method.seen > cap
+
+
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
     "shot_im": {"lr": 0.05},
     "t3a": {"filter_k": 4},
     "deyo": {"lr": 0.05},
+    "rotta": {"lr": 0.05, "memory_size": 6, "update_frequency": 4, "nu": 0.2, "block_size": 0.5},
 }
 
 
