@@ -453,12 +453,66 @@ def test_rotta_matches_reference():
     assert method.memory.occupancy() <= cap and method.seen > cap
 
 
+# ---------------------------------------------------------------- ROID
+def test_roid_matches_reference():
+    lr, m_src, m_probs, temp = 0.05, 0.99, 0.9, 1 / 3
+    masked = []
+
+    def init(model):
+        params = [p for m in model.backbone.modules() if isinstance(m, BN) for p in (m.weight, m.bias)]
+        for p in params:
+            p.requires_grad_(True)
+        return {"model": model, "opt": torch.optim.Adam(params, lr=lr), "params": params,
+                "src": [p.detach().clone() for p in params], "ema": torch.ones(12) / 12}
+
+    def correct(out):  # official prior correction
+        prior = out.softmax(1).mean(0)
+        smooth = max(1 / out.shape[0], 1 / out.shape[1]) / torch.max(prior)
+        return out * ((prior + smooth) / (1 + smooth * out.shape[1]))
+
+    def scene(ref, i):
+        model = ref["model"]
+        _bn(model, "batch")
+        b, g = make_batch([SCENES[i]], FEATURES), _gen(i)
+        with torch.enable_grad():
+            out = model(b)["seg"]
+            with torch.no_grad():
+                wd = 1 - F.cosine_similarity(ref["ema"].unsqueeze(0), out.softmax(1), dim=1)
+                wd = (wd - wd.min()) / (wd.max() - wd.min())
+                mask = wd < wd.mean()
+                wc = (out.softmax(1) * out.log_softmax(1)).sum(1)  # minus the entropy
+                wc = (wc - wc.min()) / (wc.max() - wc.min())
+                w = torch.exp(wd * wc / temp)
+                w[mask] = 0.0
+                ref["ema"] = m_probs * ref["ema"] + (1 - m_probs) * out.softmax(1).mean(0)
+            pr = torch.clamp(out.softmax(1), min=0.0, max=0.99)
+            slr = -(pr * torch.log(pr / (torch.ones_like(pr) - pr) + 1e-5)).sum(1)
+            loss = (slr * w)[~mask].sum() / len(out)
+            aug = model(augment_batch(b, FEATURES, g))["seg"][~mask]
+            o = out[~mask]
+            sce = -0.5 * (o.softmax(1) * aug.log_softmax(1)).sum(1) - 0.5 * (aug.softmax(1) * o.log_softmax(1)).sum(1)
+            loss = loss + (sce * w[~mask]).sum() / len(out)
+            ref["opt"].zero_grad()
+            loss.backward()
+            ref["opt"].step()
+            masked.append(float(mask.float().mean()))
+        with torch.no_grad():
+            for p, s in zip(ref["params"], ref["src"]):
+                p.data = m_src * p.data + (1 - m_src) * s
+            return correct(model(b)["seg"])
+
+    method, ref = _run_pair("roid", {"lr": lr}, init, scene)
+    assert torch.allclose(method.probs_ema, ref["ema"], atol=ATOL)
+    assert all(0 < f < 1 for f in masked)  # the diversity mask selects part of the scene
+
+
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
     "shot_im": {"lr": 0.05},
     "t3a": {"filter_k": 4},
     "deyo": {"lr": 0.05},
+    "roid": {"lr": 0.05},
     "rotta": {"lr": 0.05, "memory_size": 6, "update_frequency": 4, "nu": 0.2, "block_size": 0.5},
 }
 
