@@ -28,14 +28,20 @@ def distinct_rows(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.unique(z, dim=0, return_inverse=True)
 
 
-def knn_indices(x: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """(M, k) indices of each row's k nearest other rows (Euclidean), computed in chunks of rows."""
+def knn_indices(x: torch.Tensor, k: int, chunk: int = 1024, spare: int = 8) -> torch.Tensor:
+    """(M, k) indices of each row's k nearest other rows (Euclidean), computed in chunks of rows.
+
+    Candidates come from the fast matrix-product distances (``k + spare`` per row); they are ranked
+    again by the exact distance ``|a - b|``, whose rounding does not reorder near-ties the way the
+    ``|a|^2 + |b|^2 - 2ab`` expansion can."""
     m = x.shape[0]
     k = min(k, m - 1)
     out = []
     for s in range(0, m, chunk):
-        # exact differences, not the |a|^2 + |b|^2 - 2ab expansion, whose rounding reorders near-ties
-        d = torch.cdist(x[s:s + chunk], x, compute_mode="donot_use_mm_for_euclid_dist")
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")  # not its own neighbour
-        out.append(d.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long)
+        rows = torch.arange(s, min(s + chunk, m), device=x.device)
+        d = torch.cdist(x[rows], x)
+        d[torch.arange(len(rows)), rows] = float("inf")  # not its own neighbour
+        cand = d.topk(min(k + spare, m - 1), dim=1, largest=False).indices
+        exact = (x[rows][:, None] - x[cand]).norm(dim=-1)
+        out.append(cand.gather(1, exact.topk(k, dim=1, largest=False).indices))
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=x.device)
