@@ -17,10 +17,11 @@ bottleneck (adapted), its last Linear the classifier (frozen). SHOT is an offlin
 epochs over the target set; here it runs online, one step per scene, as the TTA suites (TTAB,
 mariodoebler/test-time-adaptation) run it.
 
-Defaults: lr 1e-3 = SHOT's backbone learning rate (0.1 x 1e-2); momentum, Nesterov, weight decay,
-``eps`` and the loss weights from the official code; online (``episodic = False``), one step per
-scene; BN running statistics move with momentum ``bn_momentum`` (0.1, PyTorch's default, used by
-SHOT's BN layers).
+Defaults (official ``image_target.py``): lr 1e-2, the backbone at ``lr_decay1`` = 0.1 of it and the
+bottleneck at ``lr_decay2`` = 1; SGD momentum 0.9, Nesterov, weight decay 1e-3; ``eps`` 1e-5; loss
+weights 1. Not carried over: SHOT's polynomial lr decay over its epochs (there is no fixed number of
+iterations in an online stream). Ours: online (``episodic = False``), one step per scene; BN running
+statistics move with momentum ``bn_momentum`` (0.1, PyTorch's default, used by SHOT's BN layers).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from methods.registry import METHODS
 class ShotIMConfig(MethodConfig):
     episodic: bool = False
     steps: int = 1
-    lr: float = 1e-3
+    lr: float = 1e-2
+    lr_decay1: float = 0.1  # backbone learning rate = lr * lr_decay1
+    lr_decay2: float = 1.0  # bottleneck (label head's hidden layer) learning rate = lr * lr_decay2
     optimizer: str = "sgd"
     weight_decay: float = 1e-3
     nesterov: bool = True
@@ -63,11 +66,15 @@ class ShotIM(Method):
         return list(self.model.backbone.parameters()) + list(self.model.heads["seg"][0].parameters())
 
     def make_optimizer(self, params):
-        if self.cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay,
-                                   nesterov=self.cfg.nesterov)
-        if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        cfg = self.cfg
+        bottleneck = {id(p) for p in self.model.heads["seg"][0].parameters()}
+        groups = [{"params": [p for p in params if id(p) not in bottleneck], "lr": cfg.lr * cfg.lr_decay1},
+                  {"params": [p for p in params if id(p) in bottleneck], "lr": cfg.lr * cfg.lr_decay2}]
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                                   nesterov=cfg.nesterov)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         raise BenchError(f"shot_im: optimizer = '{self.cfg.optimizer}' is unknown; use 'sgd' or 'adam'")
 
     def adapt(self, inp):

@@ -17,7 +17,10 @@ entropy filter would otherwise keep copies of a few voxels). The classifier is t
 last Linear and ``z`` its hidden layer (the head is a two-layer MLP). Entropy ties in the filter are
 broken by order of arrival (stable sort; the official ``torch.sort`` leaves ties unspecified).
 
-Defaults: ``filter_k`` = 100, DomainBed's default for T3A (official hyper-parameters; -1 keeps all).
+Defaults: ``filter_k`` = 100. The official code has no single default: it runs every value of
+{1, 5, 20, 50, 100, -1} and selects one per dataset by validation accuracy; with no labelled target
+validation here we take 100, the largest finite value of that grid (a scene gives thousands of
+candidate supports, so a small cap would keep a handful of voxels per class).
 """
 
 from __future__ import annotations

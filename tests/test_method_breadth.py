@@ -151,13 +151,14 @@ def test_memo_matches_reference():
 
 # ---------------------------------------------------------------- SHOT-IM
 def test_shot_im_matches_reference():
-    lr = 0.05
+    lr = 0.5
 
-    def init(model):
-        feat_ext = list(model.backbone.parameters()) + list(model.heads["seg"][0].parameters())
-        for p in feat_ext:
+    def init(model):  # SHOT: backbone at 0.1 x lr, bottleneck at lr, classifier frozen
+        backbone, bottleneck = list(model.backbone.parameters()), list(model.heads["seg"][0].parameters())
+        for p in backbone + bottleneck:
             p.requires_grad_(True)
-        opt = torch.optim.SGD(feat_ext, lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True)
+        opt = torch.optim.SGD([{"params": backbone, "lr": lr * 0.1}, {"params": bottleneck, "lr": lr}],
+                              lr=lr, momentum=0.9, weight_decay=1e-3, nesterov=True)
         return {"model": model, "opt": opt}
 
     def scene(ref, i):
@@ -509,7 +510,7 @@ def test_roid_matches_reference():
 # ---------------------------------------------------------------- reset
 RESET = {
     "memo": {"lr": 0.05, "n_aug": 2},
-    "shot_im": {"lr": 0.05},
+    "shot_im": {"lr": 0.5},
     "t3a": {"filter_k": 4},
     "deyo": {"lr": 0.05},
     "roid": {"lr": 0.05},
