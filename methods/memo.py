@@ -17,7 +17,8 @@ marginal entropy. BatchNorm: the official ImageNet code mixes source and single-
 voxels per BN layer, so BN uses the batch (scene) statistics here (``bn = "test"``), as TENT does in
 this harness; ``bn = "source"`` keeps the source statistics.
 
-Defaults: one SGD step, lr 2.5e-4, all parameters, episodic (official ImageNet ResNet-50 setting);
+Defaults: one step of plain SGD (no momentum, no weight decay), lr 2.5e-4, all parameters, episodic
+(official ImageNet ResNet-50 setting, ``imagenet-exps/test_calls/test_adapt.py``);
 ``n_aug`` 8 instead of the official 64 (our choice: each copy is a whole scene, so the step costs
 8 scene forwards and backwards).
 """
@@ -75,6 +76,13 @@ class MEMO(Method):
 
     def adapt_params(self):
         return list(self.model.backbone.parameters()) + list(self.model.heads["seg"].parameters())
+
+    def make_optimizer(self, params):
+        if self.cfg.optimizer == "sgd":  # official: plain SGD, no momentum, no weight decay
+            return torch.optim.SGD(params, lr=self.cfg.lr)
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        raise BenchError(f"memo: optimizer = '{self.cfg.optimizer}' is unknown; use 'sgd' or 'adam'")
 
     def adapt(self, inp):
         set_bn_mode(self.model, self.bn_mode)

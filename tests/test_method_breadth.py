@@ -128,7 +128,7 @@ def test_memo_matches_reference():
         model = ref["model"]
         model.load_state_dict(ref["source"])  # episodic
         params = list(model.backbone.parameters()) + list(model.heads["seg"].parameters())
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+        opt = torch.optim.SGD(params, lr=lr)  # official: plain SGD
         _bn(model, "batch")
         b, g = make_batch([SCENES[i]], FEATURES), _gen(i)
         copies = [augment_batch(b, FEATURES, g) for _ in range(n_aug)]
@@ -146,7 +146,7 @@ def test_memo_matches_reference():
         with torch.no_grad():
             return model(b)["seg"]
 
-    _run_pair("memo", {"lr": lr, "n_aug": n_aug}, init, scene)
+    _run_pair("memo", {"lr": lr, "n_aug": n_aug, "steps": 1}, init, scene)
 
 
 # ---------------------------------------------------------------- SHOT-IM
