@@ -40,7 +40,7 @@ def knn_indices(x: torch.Tensor, k: int, chunk: int = 1024, spare: int = 8) -> t
     for s in range(0, m, chunk):
         rows = torch.arange(s, min(s + chunk, m), device=x.device)
         d = torch.cdist(x[rows], x)
-        d[torch.arange(len(rows)), rows] = float("inf")  # not its own neighbour
+        d[torch.arange(len(rows), device=x.device), rows] = float("inf")  # not its own neighbour
         cand = d.topk(min(k + spare, m - 1), dim=1, largest=False).indices
         exact = (x[rows][:, None] - x[cand]).norm(dim=-1)
         out.append(cand.gather(1, exact.topk(k, dim=1, largest=False).indices))
