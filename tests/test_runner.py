@@ -95,7 +95,7 @@ def grid_file(tmp_path):
 def test_expansion_and_validation(tmp_path, grid_file):
     g = load_grid(str(grid_file))
     assert len(g.cells) == 4 * 3  # 4 pairs x (source + 2 bn_adapt priors)
-    assert len({c["cell_id"] for c in g.cells}) == 12
+    assert len({c.cell_id for c in g.cells}) == 12
     for bad, msg in [
         (GRID.replace('pairs = "all"', 'pairs = "all"\nfoo = 1'), "unknown key\\(s\\) foo"),
         (GRID.replace('name = "bn_adapt"', 'name = "bn_adapd"'), "unknown method 'bn_adapd'; valid names: .*bn_adapt"),
@@ -245,18 +245,17 @@ def test_ray_executor_matches_inprocess(tmp_path):
 
 
 def test_schedule_puts_each_models_first_cell_first(grid_file):
-    from bench.cell import model_key
     from bench.runner import schedule
 
     cells = load_grid(str(grid_file)).cells
     order = schedule(cells)
-    assert sorted(c["cell_id"] for c in order) == sorted(c["cell_id"] for c in cells)
-    keys = [model_key(c) for c in order]
+    assert sorted(c.cell_id for c in order) == sorted(c.cell_id for c in cells)
+    keys = [c.model_key() for c in order]
     n_models = len(set(keys))
     assert n_models == 2  # one source model per training dataset (tiny-a, tiny-b)
     assert len(set(keys[:n_models])) == n_models  # the trainings come first, side by side in a pool
-    rest = [c["cell_id"] for c in order[n_models:]]
-    assert rest == [c["cell_id"] for c in cells if c["cell_id"] in rest]  # the rest keep grid order
+    rest = [c.cell_id for c in order[n_models:]]
+    assert rest == [c.cell_id for c in cells if c.cell_id in rest]  # the rest keep grid order
 
 
 def test_auto_executor(monkeypatch):
