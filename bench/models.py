@@ -23,8 +23,8 @@ def get_model(cell: Cell):
     The checkpoint file is named by ``cell.model_key()`` (the key the scheduler groups cells by); the
     data fingerprint and the teacher's weights are checked against the stored ones, so a changed
     generator or weights file retrains instead of reusing a stale model."""
+    from backbones import RECIPES
     from backbones.checkpoint import get_or_train
-    from backbones.train import train
 
     data_spec = cell.training_data()
     ds = dataset_for(cell, data_spec)
@@ -33,13 +33,15 @@ def get_model(cell: Cell):
     key = {**cell.model_identity(), "data_fingerprint": ds.fingerprint(),
            "teacher_key": fc.teacher.cache_key() if fc else None}
 
+    train = RECIPES.get(cell.recipe).factory(cfg=cell.recipe_cfg)
+
     def train_fn(model):
         names, vnames = train_val_names(cell, ds)
         ds.ensure(names + vnames, workers=torch.get_num_threads())
         scenes = [load_scene(ds, n, fc is not None) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
-        return train(model, cell.recipe_cfg, scenes, val, cell.seed, cell.device, teacher_fn,
+        return train(model, scenes, val, cell.seed, cell.device, teacher_fn,
                      desc=f"train {spec.backbone}/{cell.recipe} on {data_spec}")
 
     return get_or_train(key, spec, train_fn, cell.device, name=cell.model_key())
