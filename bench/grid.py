@@ -155,8 +155,8 @@ def _check_top(raw: dict, problems: Problems) -> None:
         v = raw.get(key, DEFAULTS[key])
         if not isinstance(v, int) or isinstance(v, bool):
             problems.add(f"{key} = {v!r} must be a whole number")
-        elif key == "test_scenes" and v < 1 and not _real_only(raw):
-            problems.add(f"test_scenes = {v} must be >= 1 (0 = all scenes, for real datasets only)")
+        elif key == "test_scenes" and v < 0:
+            problems.add(f"test_scenes = {v} must be >= 1 (or 0 = every test scene of a real dataset)")
         elif v < 0:
             problems.add(f"{key} = {v} must be >= 0 (0 = {'none' if key == 'val_scenes' else 'all'})")
     seeds = raw.get("seeds", [0])
@@ -172,12 +172,6 @@ def _check_top(raw: dict, problems: Problems) -> None:
     for key, kind in (("train", dict), ("data_options", dict), ("features", list)):
         if key in raw and not isinstance(raw[key], kind):
             problems.add(f"'{key}' must be a {'table' if kind is dict else 'list'}, got {raw[key]!r}")
-
-
-def _real_only(raw: dict) -> bool:
-    """test_scenes = 0 (all) is meant for real datasets; synthetic ones have no 'all'."""
-    names = list(raw.get("datasets", []) or [])
-    return bool(names) and not any(str(n).startswith("synth") for n in names)
 
 
 def _apply_overrides(raw: dict, ov: Overrides, problems: Problems) -> None:
@@ -221,6 +215,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     for t in teachers:
         if t["name"] in ov.teacher_weights:
             t["weights"] = ov.teacher_weights[t["name"]]
+    if problems.items:  # also check the method tables, then report everything at once
+        _check_methods(raw, problems)
     problems.raise_if_any()
 
     common = {
@@ -294,6 +290,26 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells")
     problems.raise_if_any()
     return Grid(name, path, raw, text, selected, cells)
+
+
+def _check_methods(raw: dict, problems: Problems) -> None:
+    """The method tables' names, parameters (names and types) and recipes, on their own."""
+    from backbones import RECIPES
+    from bench.registry import make_config
+    from methods import METHODS
+
+    for m in raw.get("methods") or []:
+        m = problems.check(_as_table, m, "methods")
+        entry = problems.check(METHODS.get, m["name"]) if m else None
+        if entry is None:
+            continue
+        table = {k: v for k, v in m.items() if k not in METHOD_KEYS and k not in CELL_SETTINGS}
+        for p in _cross(table):
+            problems.check(make_config, entry, p, "method")
+        needs = getattr(entry.factory, "needs", None)
+        recipe = problems.check(RECIPES.get, m.get("recipe", needs.recipe if needs is not None else "source"))
+        if recipe is not None and isinstance(raw.get("train", {}), dict):
+            problems.check(make_config, recipe, raw.get("train", {}), "recipe")
 
 
 def _recipe_teacher(recipe: str) -> bool:
