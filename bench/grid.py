@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.spec import CELL_SETTINGS, DEFAULTS, Cell, check_predict, check_tol, check_views, describe, resolve
+from bench.spec import (CELL_SETTINGS, DEFAULTS, Cell, check_predict, check_tol, check_views, describe, resolve,
+                        uses_teacher)
 
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
@@ -197,6 +198,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     from bench.data.datasets import DatasetSpec
     from bench.registry import config_fields
     from methods import METHODS
+    from methods.base import Needs
 
     ov = overrides if isinstance(overrides, Overrides) else Overrides(**(overrides or {}))
     path = grid_path(name_or_path)
@@ -250,14 +252,14 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
                          f"parameters: {', '.join(sorted(valid))}")
             continue
-        needs = getattr(entry.factory, "needs", None)
-        recipe = m.get("recipe", needs.recipe if needs is not None else "source")
-        uses_teacher = bool(needs is not None and needs.teacher) or _recipe_teacher(recipe)
-        if uses_teacher and not teachers:
+        needs = getattr(entry.factory, "needs", Needs())
+        recipe = m.get("recipe", needs.recipe)
+        with_teacher = uses_teacher(needs, recipe)
+        if with_teacher and not teachers:
             problems.add(f"{where} (recipe {recipe}) needs a teacher; add a 'teachers' list")
             continue
         for p in _cross(table):
-            for bb, t, (src, tgt), seed in itertools.product(backbones, teachers if uses_teacher else [None],
+            for bb, t, (src, tgt), seed in itertools.product(backbones, teachers if with_teacher else [None],
                                                              targets, raw.get("seeds", [0])):
                 plain = {**common, "method": m["name"], "label": m.get("label", m["name"]), "params": p,
                          "recipe": recipe, "train_on": m.get("train_on", "source"), "backbone": bb,
@@ -310,12 +312,6 @@ def _check_methods(raw: dict, problems: Problems) -> None:
         recipe = problems.check(RECIPES.get, m.get("recipe", needs.recipe if needs is not None else "source"))
         if recipe is not None and isinstance(raw.get("train", {}), dict):
             problems.check(make_config, recipe, raw.get("train", {}), "recipe")
-
-
-def _recipe_teacher(recipe: str) -> bool:
-    from backbones import RECIPES
-
-    return recipe in RECIPES and bool(RECIPES.get(recipe).extra.get("teacher"))
 
 
 def cell_id(cell: dict | Cell) -> str:

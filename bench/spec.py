@@ -95,7 +95,7 @@ class Cell:
     @property
     def uses_teacher(self) -> bool:
         """The cell needs a teacher: its method reads teacher features or its model's recipe trains with one."""
-        return bool(self.needs.teacher or self.recipe_teacher)
+        return self.teacher is not None
 
     @property
     def method_uses_teacher(self) -> bool:
@@ -267,9 +267,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     teacher = d.get("teacher")
     if isinstance(teacher, str):
         teacher = {"name": teacher}
-    uses_teacher = bool(needs.teacher or recipe_teacher)
     teacher_cfg = None
-    if uses_teacher:
+    if uses_teacher(needs, recipe):
         if not teacher:
             raise BenchError(f"{mwhere} (recipe {recipe}) needs a teacher; add a 'teachers' list")
         t_entry = _wrap(lambda: TEACHERS.get(teacher.get("name", "")), where)
@@ -316,12 +315,21 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         grid=str(d.get("grid", "")), label=str(d.get("label", d["method"])), method=d["method"], params=table,
         method_cfg=method_cfg, needs=needs, recipe=recipe, train_cfg=train_cfg, recipe_cfg=recipe_cfg,
         recipe_teacher=recipe_teacher, recipe_mae=bool(recipe_entry.extra.get("mae")), train_on=train_on,
-        backbone=bb, backbone_cfg=backbone_cfg, teacher=teacher if uses_teacher else None, teacher_cfg=teacher_cfg,
+        backbone=bb, backbone_cfg=backbone_cfg, teacher=teacher if teacher_cfg is not None else None,
+        teacher_cfg=teacher_cfg,
         source=source, stream=stream, seed=seed, device=device, features=tuple(features),
         train_scenes=_count(d.get("train_scenes", DEFAULTS["train_scenes"]), f"{where}: train_scenes"),
         val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes"),
         lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()},
         identity=identity, cell_id=cell_id(identity))
+
+
+def uses_teacher(needs, recipe: str) -> bool:
+    """Does a cell use a teacher? Decided here only: its method's ``needs.teacher``, or a recipe whose
+    declaration (``teacher=True`` at registration) trains with lifted teacher features."""
+    from backbones import RECIPES
+
+    return bool(needs.teacher) or (recipe in RECIPES and bool(RECIPES.get(recipe).extra.get("teacher")))
 
 
 def _wrap(fn, where: str):
