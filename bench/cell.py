@@ -112,7 +112,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     method = METHODS.get(cell.method).factory(cfg=cell.method_cfg, model=model)
     source = dataset_for(cell, cell.training_data())
     segments = stream_names(cell)
-    for (i, ds, names), seg in zip(segments, cell.stream):
+    for (_, ds, names), seg in zip(segments, cell.stream):
         if not names:
             raise BenchError(f"target {seg.dataset} ({seg.split} split): no scenes; check test_scenes / the "
                              "segment's scenes and the dataset's folder")
@@ -169,9 +169,10 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                 index += 1
             if conf_seg.sum() == 0:
                 shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                shared = ", ".join(CLASSES[c] for c in classes) or "none"
                 raise BenchError(f"target {seg.dataset} ({seg.split} split, scenes {shown}): no point is labelled "
-                                 f"with a class that the source and target share ({', '.join(CLASSES[c] for c in classes) or 'none'}), "
-                                 "so mIoU is undefined; check the dataset's label files and class mapping")
+                                 f"with a class that the source and target share ({shared}), so mIoU is undefined; "
+                                 "check the dataset's label files and class mapping")
             conf_total += conf_seg
             seg_rows.append({"segment": k, "dataset": seg.dataset, "split": seg.split, "scenes": len(names),
                              "miou": miou(conf_seg, classes)})

@@ -26,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.spec import (CELL_SETTINGS, DEFAULTS, Cell, check_predict, check_tol, check_views, describe, resolve,
-                        uses_teacher)
+from bench.spec import (
+    CELL_SETTINGS,
+    DEFAULTS,
+    Cell,
+    check_predict,
+    check_tol,
+    check_views,
+    describe,
+    resolve,
+    uses_teacher,
+)
 
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",

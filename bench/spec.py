@@ -186,7 +186,8 @@ def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segm
                                  "valid keys: dataset, split, scenes")
             split = seg.get("split", "test")
             if split not in SPLITS:
-                raise BenchError(f"{where}: stream segment {i + 1}: split {split!r} unknown; valid: {', '.join(SPLITS)}")
+                raise BenchError(f"{where}: stream segment {i + 1}: split {split!r} unknown; "
+                                 f"valid: {', '.join(SPLITS)}")
             if not isinstance(seg["dataset"], str):
                 raise BenchError(f"{where}: stream segment {i + 1}: dataset must be a dataset spec string")
             out.append(Segment(seg["dataset"], split, _count(seg.get("scenes", default_n),
@@ -248,12 +249,12 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     mwhere = f"{where}: method '{d['method']}'"
     table = dict(d.get("params") or {})
     settings = {k: table.pop(k) for k in CELL_SETTINGS if k in table}
-    method_cfg = _wrap(lambda: make_config(entry, table, "method"), where)
+    method_cfg = _wrap(where, make_config, entry, table, "method")
     needs = getattr(entry.factory, "needs", Needs())
     recipe = d.get("recipe") or needs.recipe
-    recipe_entry = _wrap(lambda: RECIPES.get(recipe), mwhere)
+    recipe_entry = _wrap(mwhere, RECIPES.get, recipe)
     train_cfg = dict(d.get("train_cfg") or {})
-    recipe_cfg = _wrap(lambda: make_config(recipe_entry, train_cfg, "recipe"), f"{where}: [train]")
+    recipe_cfg = _wrap(f"{where}: [train]", make_config, recipe_entry, train_cfg, "recipe")
     recipe_teacher = bool(recipe_entry.extra.get("teacher"))
     train_on = d.get("train_on", "source")
     if train_on not in ("source", "target"):
@@ -261,9 +262,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
 
     bb = d.get("backbone")
     bb = {"name": bb} if isinstance(bb, str) else dict(bb or {})
-    bb_entry = _wrap(lambda: BACKBONES.get(bb.get("name", "")), where)
-    backbone_cfg = _wrap(lambda: make_config(bb_entry, {k: v for k, v in bb.items() if k != "name"}, "backbone"),
-                         where)
+    bb_entry = _wrap(where, BACKBONES.get, bb.get("name", ""))
+    backbone_cfg = _wrap(where, make_config, bb_entry, {k: v for k, v in bb.items() if k != "name"}, "backbone")
     teacher = d.get("teacher")
     if isinstance(teacher, str):
         teacher = {"name": teacher}
@@ -271,9 +271,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     if uses_teacher(needs, recipe):
         if not teacher:
             raise BenchError(f"{mwhere} (recipe {recipe}) needs a teacher; add a 'teachers' list")
-        t_entry = _wrap(lambda: TEACHERS.get(teacher.get("name", "")), where)
-        teacher_cfg = _wrap(lambda: make_config(t_entry, {k: v for k, v in teacher.items() if k != "name"},
-                                                "teacher"), where)
+        t_entry = _wrap(where, TEACHERS.get, teacher.get("name", ""))
+        teacher_cfg = _wrap(where, make_config, t_entry, {k: v for k, v in teacher.items() if k != "name"}, "teacher")
     elif teacher:
         raise BenchError(f"{mwhere}: uses no teacher, but the cell names teacher {teacher.get('name')!r}")
 
@@ -283,9 +282,9 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     stream = parse_stream(d.get("target"), d.get("test_scenes"), where)
     for spec in [source] + [s.dataset for s in stream]:
         ds = DatasetSpec.parse(spec)
-        _wrap(lambda: DATASETS.get(ds.base), where)
+        _wrap(where, DATASETS.get, ds.base)
         if ds.corruption:
-            _wrap(lambda: CORRUPTIONS.get(ds.corruption), where)
+            _wrap(where, CORRUPTIONS.get, ds.corruption)
     if DatasetSpec.parse(source).corruption:
         raise BenchError(f"{where}: source '{source}' is corrupted; corruptions apply to targets only")
     if train_on == "target" and len({s.spec.base for s in stream}) > 1:
@@ -295,8 +294,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     if not isinstance(data_options, dict) or not all(isinstance(v, dict) for v in data_options.values()):
         raise BenchError(f"{where}: data_options must be tables [data_options.DATASET], got {data_options!r}")
     for name, opts in data_options.items():
-        ds_entry = _wrap(lambda: DATASETS.get(name), f"{where}: [data_options.{name}]")
-        _wrap(lambda: make_config(ds_entry, opts, "dataset"), f"{where}: [data_options.{name}]")
+        ds_entry = _wrap(f"{where}: [data_options.{name}]", DATASETS.get, name)
+        _wrap(f"{where}: [data_options.{name}]", make_config, ds_entry, opts, "dataset")
 
     features = d.get("features", list(DEFAULTS["features"]))
     if not isinstance(features, list) or not features or any(f not in FEATURES for f in features):
@@ -332,9 +331,9 @@ def uses_teacher(needs, recipe: str) -> bool:
     return bool(needs.teacher) or (recipe in RECIPES and bool(RECIPES.get(recipe).extra.get("teacher")))
 
 
-def _wrap(fn, where: str):
+def _wrap(where: str, fn, *args):
     try:
-        return fn()
+        return fn(*args)
     except BenchError as e:
         raise BenchError(f"{where}: {e}") from None
 

@@ -23,7 +23,6 @@ import pandas as pd
 from bench.cache import atomic_write
 from bench.errors import BenchError
 
-
 MARKER = "REFERENCE"
 
 

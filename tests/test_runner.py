@@ -322,7 +322,8 @@ class Probe(Method):
 
 STREAM_GRID = """
 name = "stream"
-streams = [{ source = "tiny-a", target = [{ dataset = "tiny-b", scenes = 2 }, { dataset = "tiny-diag", split = "val", scenes = 1 }] }]
+streams = [{ source = "tiny-a", target = [{ dataset = "tiny-b", scenes = 2 },
+                                         { dataset = "tiny-diag", split = "val", scenes = 1 }] }]
 backbones = [{ name = "spunet", channels = [8, 16], voxel_size = 0.2 }]
 train_scenes = 2
 val_scenes = 0
@@ -418,7 +419,8 @@ def test_steps_of_the_wrong_type_name_file_method_and_parameter(tmp_path):
 def test_overrides_are_applied_while_loading(tmp_path, grid_file):
     from bench.grid import Overrides
 
-    g = load_grid(str(grid_file), Overrides(only=["method=bn_adapt", "prior=0.5"], data_roots={"tiny-a": str(tmp_path)}))
+    g = load_grid(str(grid_file), Overrides(only=["method=bn_adapt", "prior=0.5"],
+                                            data_roots={"tiny-a": str(tmp_path)}))
     assert len(g.cells) == 4 and all(c.params["prior"] == 0.5 for c in g.cells)
     assert all(c.data_options["tiny-a"]["root"] == str(tmp_path) for c in g.cells)
     with pytest.raises(BenchError, match="matches none of the grid's 12 cells"):
