@@ -148,7 +148,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         out = Console()
         for c in grid.cells:
-            out.print(f"{c.cell_id}  {describe(c)}")
+            out.print(f"{c.cell_id}  {describe(c)}", markup=False, highlight=False)
         out.print(f"{len(grid.cells)} cells")
         return 0
     out_dir = args.out or RUNS / grid.name

@@ -296,7 +296,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         if ds not in used_data:
             problems.add(f"--data-root {ds}=...: no cell of this grid reads dataset '{ds}' "
                          f"(it reads: {', '.join(sorted(used_data))})")
-    selected = [c for c in cells if problems.check(matches, c, ov.only)] if ov.only else cells
+    problems.check(check_only, cells, ov.only)
+    selected = [c for c in cells if matches(c, ov.only)] if ov.only and not problems.items else cells
     if ov.only and not selected and not problems.items:
         problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells")
     problems.raise_if_any()
@@ -348,7 +349,19 @@ def matches(cell: Cell, only: list[str]) -> bool:
         elif hasattr(cell.method_cfg, k):
             got = getattr(cell.method_cfg, k)
         else:
-            raise BenchError(f"--only: unknown key '{k}'; use {', '.join(ONLY_KEYS)}, or a method parameter")
+            return False  # a parameter of other methods (check_only says whether any cell has it)
         if str(got) != v:
             return False
     return True
+
+
+def check_only(cells: list[Cell], only: list[str]) -> None:
+    """Every ``--only`` filter is KEY=VALUE with a key that some cell knows."""
+    for f in only:
+        if "=" not in f:
+            raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
+        k = f.split("=", 1)[0]
+        if k not in ONLY_KEYS and k not in ("backbone", "teacher") and not any(
+                k in c.params or hasattr(c.method_cfg, k) for c in cells):
+            raise BenchError(f"--only: unknown key '{k}'; use {', '.join(ONLY_KEYS)}, or a parameter of one of "
+                             "the grid's methods")

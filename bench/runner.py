@@ -15,7 +15,7 @@ from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
 from bench.executors import cpu_cores, make_executor
-from bench.grid import Grid, matches
+from bench.grid import Grid, check_only, matches
 from bench.progress import progress
 from bench.spec import Cell, describe
 from bench.store import ResultsStore
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def select(grid: Grid, only: list[str] | None) -> list[Cell]:
     """The grid's selected cells, further filtered by ``only`` (KEY=VALUE); matching nothing is an error."""
+    check_only(grid.cells, only or [])
     cells = [c for c in grid.cells if matches(c, only or [])]
     if only and not cells:
         raise BenchError(f"--only {' '.join(only)} matches none of the {len(grid.cells)} cells of grid "

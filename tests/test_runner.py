@@ -423,6 +423,9 @@ def test_overrides_are_applied_while_loading(tmp_path, grid_file):
                                             data_roots={"tiny-a": str(tmp_path)}))
     assert len(g.cells) == 4 and all(c.params["prior"] == 0.5 for c in g.cells)
     assert all(c.data_options["tiny-a"]["root"] == str(tmp_path) for c in g.cells)
+    assert len(load_grid(str(grid_file), Overrides(only=["prior=0.5"])).cells) == 4  # cells without it: no match
+    with pytest.raises(BenchError, match="unknown key 'priorr'"):
+        load_grid(str(grid_file), Overrides(only=["priorr=0.5"]))
     with pytest.raises(BenchError, match="matches none of the grid's 12 cells"):
         load_grid(str(grid_file), Overrides(only=["method=tent"]))
     with pytest.raises(BenchError, match="no cell of this grid uses teacher 'dinov2'"):
