@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cache import atomic_write
@@ -80,7 +81,7 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
             for cell, (row, scenes) in ex.run(schedule(todo)):
                 store.append(row, scenes)
                 n_err += row["status"] != "ok"
-                bar.update(task, advance=1, info=describe(cell)[:60])
+                bar.update(task, advance=1, info=escape(describe(cell)[:60]))
                 if bar.disable:  # no live bar (not a terminal): one log line per cell instead
                     status = f"mIoU {100 * row['miou']:.1f}" if row["status"] == "ok" else f"error: {row['error'][:80]}"
                     log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
