@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).parent / "smoke_expected.json"
 
 
-def bench(*args, cwd=None):
-    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
+def bench(*args, cwd=None, env=None):
+    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=env, timeout=900)
 
@@ -33,11 +33,45 @@ def test_list_prints_every_registry():
     (["report", "--results", "/nonexistent/x"], "no results"),
     (["show", "synth-scannet"], "must be DATASET/SCENE"),
     (["show", "nodata/test_0000"], "unknown dataset 'nodata'"),
+    (["show", "synth-scannet/tset_0000"], "has no scene 'tset_0000' (nearest: test_0000"),
+    (["run", "--grid", "smoke", "--only", "method=foo"], "matches none of the grid's 12 cells"),
+    (["run", "--grid", "smoke", "--teacher-weights", "dinov2=random-init"],
+     "no cell of this grid uses teacher 'dinov2'"),
+    (["run", "--grid", "smoke", "--teacher-weights", "synth2d=/nonexistent.pth"], "/nonexistent.pth: no such file"),
+    (["run", "--grid", "smoke", "--data-root", "scannet"], "must be NAME=PATH"),
+    (["compare", "/nonexistent/run"], "no results"),
 ])
 def test_user_errors_are_clear_and_have_no_traceback(args, message):
     r = bench(*args)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_only_matching_nothing_creates_no_folder(tmp_path):
+    out = tmp_path / "out"
+    r = bench("run", "--grid", "smoke", "--only", "method=foo", "--out", str(out))
+    assert r.returncode == 2 and not out.exists()
+
+
+def test_grid_mistakes_are_reported_before_any_work(tmp_path):
+    grid = (ROOT / "bench" / "grids" / "smoke.toml").read_text()
+    bad = grid.replace("steps = 3", 'steps = "five"').replace("test_scenes = 3", "test_scenes = -3")
+    p = tmp_path / "bad.toml"
+    p.write_text(bad)
+    out = tmp_path / "out"
+    r = bench("run", "--grid", str(p), "--out", str(out))
+    assert r.returncode == 2 and not out.exists() and "Traceback" not in r.stderr
+    text = " ".join(r.stderr.split())
+    assert "bad.toml: 2 problems" in text and "test_scenes = -3" in text
+    assert "method 'ttt_kd'" in text and "parameter 'steps' = 'five'" in text and "expected int" in text
+
+
+def test_missing_data_root_is_one_message_before_the_run(tmp_path):
+    grid = tmp_path / "real.toml"
+    grid.write_text('pairs = ["scannet->scannet"]\nbackbones = ["spunet"]\n[[methods]]\nname = "source"\n')
+    r = bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"),
+              env={"TTT_BENCH_DATA_SCANNET": ""})
+    assert r.returncode == 2 and r.stderr.count("needs its data root") == 1 and not (tmp_path / "out").exists()
 
 
 def test_dry_run_lists_cells():
