@@ -26,7 +26,7 @@ from backbones.registry import RECIPES
 from bench.data.classes import NUM_CLASSES
 from bench.data.scene import Scene
 from bench.metrics import confusion, miou
-from bench.progress import progress
+from bench.progress import progress, track
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scen
     gen = torch.Generator().manual_seed(seed)
     features = model.spec.features
     feats = [scene_features(s, features) for s in train_scenes]
-    targets = [teacher_fn(s) for s in train_scenes] if cfg.kd_weight > 0 else None
+    targets = ([teacher_fn(s) for s in track(train_scenes, f"{desc}: teacher features")]
+               if cfg.kd_weight > 0 else None)
     steps_per_epoch = max(1, math.ceil(len(train_scenes) / cfg.scenes_per_step))
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -29,7 +29,7 @@ from bench.spec import Cell
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_cell", "PeakMemory"]
+__all__ = ["run_cell", "error_row", "PeakMemory"]
 
 
 def run_cell(cell: Cell | dict) -> tuple[dict, list[dict]]:
@@ -51,11 +51,21 @@ def run_cell(cell: Cell | dict) -> tuple[dict, list[dict]]:
         log.debug("cell %s failed:\n%s", cell.cell_id, traceback.format_exc())
         msg = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         row, scenes = {"status": "error", "error": msg}, []
+    return _finish(row, cell, started, time.perf_counter() - t0), scenes
+
+
+def error_row(cell: Cell, message: str) -> dict:
+    """The row of a cell that could not run at all (e.g. its worker process was killed)."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    return _finish({"status": "error", "error": message}, cell, started, 0.0)
+
+
+def _finish(row: dict, cell: Cell, started: str, seconds: float) -> dict:
     row.update(base_row(cell))
     row.update(versions())
     row["started_at"] = started
-    row["cell_seconds"] = time.perf_counter() - t0
-    return row, scenes
+    row["cell_seconds"] = seconds
+    return row
 
 
 def base_row(cell: Cell) -> dict:

@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="PNG to write (default SCENE.png)")
 
     p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    from bench.profile import add_arguments
+
+    add_arguments(p)
     return ap
 
 
@@ -144,6 +145,9 @@ def cmd_run(args) -> int:
     overrides = Overrides(device=args.device, only=list(args.only),
                           teacher_weights=_kv(args.teacher_weights, "--teacher-weights", "dinov2=/w/dinov2_vits14.pth"),
                           data_roots=_kv(args.data_root, "--data-root", "scannet=/data/scannet"))
+    from bench.executors import import_plugins
+
+    import_plugins()  # users' own methods/datasets named in $TTT_BENCH_IMPORTS, before the grid names them
     grid = load_grid(args.grid, overrides)
     if args.dry_run:
         out = Console()
@@ -195,10 +199,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from bench.profile import profile
+    from bench.profile import run
 
-    profile(args.device, args.repeats, Console())
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

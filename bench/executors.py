@@ -56,24 +56,22 @@ Result = tuple[dict, list[dict]]
 
 # ------------------------------------------------------------------ the one place that knows cells
 def _cell_id(cell) -> str:
-    return cell["cell_id"]
+    return cell.cell_id
 
 
 def _model_key(cell) -> str:
-    from bench.cell import model_key
-
-    return model_key(cell)
+    return cell.model_key()
 
 
 def _describe(cell) -> str:
-    from bench.grid import describe
+    from bench.spec import describe
 
     return describe(cell)
 
 
 def _train_model(cell) -> dict:
     """Train the cell's model (or find it in the checkpoint cache): its file, cache status, seconds."""
-    from bench.cell import get_model
+    from bench.models import get_model
 
     _, info = get_model(cell)
     return {"path": info["path"], "cache": info["cache"], "train_seconds": float(info["train_seconds"])}
@@ -87,16 +85,11 @@ def _run_cell(cell) -> Result:
 
 def _error_row(cell, message: str) -> dict:
     """The row of a cell that could not run (as ``run_cell`` writes for a cell that raised)."""
-    from datetime import UTC, datetime
+    from bench.cell import error_row
 
-    from bench.cell import _base_row, _versions
+    return error_row(cell, message)
 
-    row = {"status": "error", "error": message}
-    row.update(_base_row(cell))
-    row.update(_versions())
-    row["started_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    row["cell_seconds"] = 0.0
-    return row
+
 # -------------------------------------------------------------------------------------------------
 
 

@@ -79,8 +79,8 @@ def test_cell_harness_overhead(benchmark):
     from bench.cell import run_cell
     from bench.grid import load_grid
 
-    cells = [c for c in load_grid("smoke").cells if c["method"] == "ttt_kd" and c["source"] == c["target"]]
-    cell = {**cells[0], "test_scenes": 2}
+    cells = [c for c in load_grid("smoke").cells if c.method == "ttt_kd" and c.source == c.target]
+    cell = {**cells[0].to_dict(), "test_scenes": 2}  # run_cell resolves the plain form
     row, _ = run_cell(cell)  # warm-up: trains the model and fills the caches
     assert row["status"] == "ok", row.get("error")
 
