@@ -92,16 +92,15 @@ def worker_imports(monkeypatch):
 
 
 def test_plan_groups_cells_by_model(tmp_path):
-    from bench.cell import model_key
     from bench.executors import plan
 
     g = load_grid(str(_grid(tmp_path, SOURCE + '[[methods]]\nname = "bn_adapt"\nprior = [0.0, 0.5]\n',
                             '"synth-scannet", "synth-s3dis"')))
     models = plan(g.cells)
     assert len(models) == 2 and [m.index for m in models] == [0, 1]
-    assert sorted(c["cell_id"] for m in models for c in m.cells) == sorted(c["cell_id"] for c in g.cells)
+    assert sorted(c.cell_id for m in models for c in m.cells) == sorted(c.cell_id for c in g.cells)
     for m in models:
-        assert {model_key(c) for c in m.cells} == {m.key}
+        assert {c.model_key() for c in m.cells} == {m.key}
 
 
 def test_inprocess_threads_and_training_progress(tmp_path, caplog):
@@ -170,7 +169,7 @@ def test_killed_worker_costs_only_its_cell(tmp_path, worker_imports, caplog):
                '[[methods]]\nname = "bn_adapt"\n')
     g = load_grid(str(_grid(tmp_path, methods)))
     with caplog.at_level(logging.INFO):
-        out = {c["label"]: row for c, (row, _) in Pool(2).run(g.cells)}
+        out = {c.label: row for c, (row, _) in Pool(2).run(g.cells)}
     assert set(out) == {"source", "once", "always", "bn_adapt"}
     assert out["source"]["status"] == out["bn_adapt"]["status"] == out["once"]["status"] == "ok"
     assert out["always"]["status"] == "error"
@@ -289,7 +288,7 @@ def test_ray_cluster_without_shared_disk(tmp_path, worker_imports):
     g = load_grid(str(_grid(tmp_path, methods, '"synth-scannet", "synth-s3dis"',
                             '["synth-scannet->synth-scannet", "synth-s3dis->synth-s3dis", '
                             '"synth-scannet->synth-s3dis"]')))
-    cells = [c for c in g.cells if c["method"] != "test_killer" or c["source"] == c["target"] == "synth-s3dis"]
+    cells = [c for c in g.cells if c.method != "test_killer" or c.source == c.target == "synth-s3dis"]
     assert len(cells) == 7
     caches = [tmp_path / "node1", tmp_path / "node2"]
     base = {k: os.environ[k] for k in ("PYTHONPATH", "TTT_BENCH_IMPORTS", MAIN_PID_VAR)}
@@ -299,14 +298,14 @@ def test_ray_cluster_without_shared_disk(tmp_path, worker_imports):
             cluster.add_node(num_cpus=1, env_vars={**base, "TTT_BENCH_CACHE": str(c)})
         t0 = time.perf_counter()
         ex = Ray(cluster.address, None, "cpu")
-        out = {c["cell_id"]: (c, row) for c, (row, _) in ex.run(cells)}
+        out = {c.cell_id: (c, row) for c, (row, _) in ex.run(cells)}
         seconds = time.perf_counter() - t0
     finally:
         ray.shutdown()
         cluster.shutdown()
     logging.getLogger(__name__).info("simulated 2-node cluster: %d cells in %.1f s", len(cells), seconds)
     assert len(out) == 7
-    rows = {c["label"] + ":" + c["source"] + ">" + c["target"]: row for c, row in out.values()}
+    rows = {c.label + ":" + c.source + ">" + c.target: row for c, row in out.values()}
     err = [r for r in rows.values() if r["status"] != "ok"]
     assert len(err) == 1 and err[0]["method"] == "test_killer" and "died" in err[0]["error"], err
     assert len(always.read_text().splitlines()) == 2  # retried exactly once
@@ -320,7 +319,7 @@ def test_ray_cluster_without_shared_disk(tmp_path, worker_imports):
     assert len({w["node"] for w in ex.nodes.values()}) == 2
     assert {Path(w["cache"]) for w in ex.nodes.values()} == set(caches)
     ckpt = {t["model"]: Path(t["path"]).name for t in ex.trainings}
-    models = {c["cell_id"]: m.index for m in plan(cells) for c in m.cells}
+    models = {c.cell_id: m.index for m in plan(cells) for c in m.cells}
     for cid, w in ex.nodes.items():
         assert (Path(w["cache"]) / "checkpoints" / ckpt[models[cid]]).is_file()
 

@@ -108,8 +108,8 @@ def _run_pair(name, params, ref_init, ref_scene, sharpen=1.0, moved=True):
         method.adapt(inp)
         pred = method.predict(inp)
         ref_pred = ref_scene(ref, i)
-        if i in (0, 2):
-            assert torch.allclose(pred, ref_pred, atol=ATOL, rtol=RTOL), \
+        if i in (0, 2):  # logits scaled by `sharpen` carry float-order differences scaled alike
+            assert torch.allclose(pred, ref_pred, atol=ATOL * sharpen, rtol=RTOL), \
                 f"{name} scene {i}: predictions differ by {(pred - ref_pred).abs().max():.2e}"
             _assert_close(model, ref["model"], f"{name} scene {i}")
     if moved:  # the comparison is not vacuous: the method changed the model
