@@ -381,10 +381,11 @@ def ref_cotta(ap: float, n_aug: int, lr: float, mt: float = 0.999, rst: float = 
     for p in model_ema.parameters():
         p.detach_()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999))
-    out, used_aug = [], []
+    out, used_aug, confs = [], [], []
 
     def teacher(x, g):
         anchor_prob = anchor(x)["seg"].softmax(1).max(1)[0]
+        confs.append((float(anchor_prob.mean(0)), float(model_ema(x)["seg"].softmax(1).max(1)[0].mean(0))))
         if anchor_prob.mean(0) < ap:
             return torch.stack([model_ema(augment_batch(x, FEATURES, g))["seg"] for _ in range(n_aug)]).mean(0), True
         return model_ema(x)["seg"], False
@@ -409,15 +410,29 @@ def ref_cotta(ap: float, n_aug: int, lr: float, mt: float = 0.999, rst: float = 
                         p.data = model_state[f"{nm}.{npp}"] * mask + p * (1.0 - mask)
             after, _ = teacher(x, g)
         out.append((outputs_ema.detach(), after, snapshot(model)))
-    return out, used_aug
+    return out, used_aug, confs
 
 
 @pytest.mark.parametrize("ap", [0.92, 0.0])
 def test_cotta_matches_reference(ap):
-    ref, used_aug = ref_cotta(ap=ap, n_aug=4, lr=1e-2)
+    ref, used_aug, _ = ref_cotta(ap=ap, n_aug=4, lr=1e-2)
     assert all(used_aug) if ap > 0 else not any(used_aug)
     assert moved(ref)
     compare(run_method("cotta", {"ap": ap, "n_aug": 4, "lr": 1e-2}), ref)
+
+
+def test_cotta_the_anchor_decides_not_the_teacher():
+    """A fast teacher (ema 0.5) drifts from the anchor; ap between their confidences on one scene makes
+    the anchor rule and a teacher rule disagree there."""
+    _, _, confs = ref_cotta(ap=0.0, n_aug=4, lr=5e-2, mt=0.5)
+    before_update = confs[0::2]  # (anchor, teacher) before each scene's update
+    s = max(range(1, 3), key=lambda j: abs(before_update[j][0] - before_update[j][1]))
+    a, t = before_update[s]
+    assert abs(a - t) > 1e-3, before_update
+    ap = (a + t) / 2
+    ref, used_aug, _ = ref_cotta(ap=ap, n_aug=4, lr=5e-2, mt=0.5)
+    assert used_aug[s] == (a < ap)
+    compare(run_method("cotta", {"ap": ap, "n_aug": 4, "lr": 5e-2, "ema": 0.5}), ref)
 
 
 # ---------------------------------------------------------------- DUA (jmiemirza/DUA)
