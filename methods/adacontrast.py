@@ -143,7 +143,8 @@ class AdaContrast(Method):
             self.bank_prob = torch.cat([self.bank_prob, prob])
             self.bank_ptr = (self.bank_ptr + feat.shape[0]) % self.bank_feat.shape[0]
         else:
-            idx = torch.arange(self.bank_ptr, self.bank_ptr + feat.shape[0], device=feat.device) % self.bank_feat.shape[0]
+            size = self.bank_feat.shape[0]
+            idx = torch.arange(self.bank_ptr, self.bank_ptr + feat.shape[0], device=feat.device) % size
             self.bank_feat[idx], self.bank_prob[idx] = feat, prob
             self.bank_ptr = (self.bank_ptr + feat.shape[0]) % self.bank_feat.shape[0]
 
@@ -171,7 +172,8 @@ class AdaContrast(Method):
                 for kp, p in zip(self._key_params(), self.params):
                     kp.mul_(self.cfg.momentum).add_((1 - self.cfg.momentum) * p)
                 k = F.normalize(self.key_model(k_view)["feat"][idx], dim=1)
-            logits_ins = torch.cat([(q * k).sum(1, keepdim=True), q @ self.queue_feat.clone()], 1) / self.cfg.temperature
+            logits_ins = torch.cat([(q * k).sum(1, keepdim=True), q @ self.queue_feat.clone()], 1)
+            logits_ins = logits_ins / self.cfg.temperature
             # enqueue the keys and their pseudo-labels (before the class-aware mask, as the official code)
             kq = self.cfg.queue_size
             qidx = torch.arange(self.queue_ptr, self.queue_ptr + k.shape[0], device=k.device) % kq

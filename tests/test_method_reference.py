@@ -148,11 +148,11 @@ def compare(ours, ref, check_same: bool = True, buffers: bool = False):
         (s1, a1, p1), (s2, a2, p2) = ours[scene], ref[scene]
         keys = [k for k in p2 if buffers or "running" not in k]
         assert keys
-        for k in keys:
-            torch.testing.assert_close(p1[k], p2[k], rtol=TOL, atol=TOL, msg=lambda m: f"scene {scene}, {k}: {m}")
-        torch.testing.assert_close(a1, a2, rtol=TOL, atol=TOL, msg=lambda m: f"scene {scene}, prediction after: {m}")
+        pairs = [(k, p1[k], p2[k]) for k in keys] + [("prediction after", a1, a2)]
         if check_same:
-            torch.testing.assert_close(s1, s2, rtol=TOL, atol=TOL, msg=lambda m: f"scene {scene}, same forward: {m}")
+            pairs.append(("same forward", s1, s2))
+        for what, x, y in pairs:
+            torch.testing.assert_close(x, y, rtol=TOL, atol=TOL, msg=lambda m, w=what, i=scene: f"scene {i}, {w}: {m}")
 
 
 def moved(ref, keys_like: str = "") -> bool:
