@@ -123,7 +123,7 @@ def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 
     """Registered method over the stream: per scene (last_output, predict, parameters, buffers)."""
     model = tiny_model()
     entry = METHODS.get(name)
-    m = entry.factory(model, make_config(entry, params, "method"))
+    m = entry.factory(model=model, cfg=make_config(entry, params, "method"))
     if source_scenes:
         m.prepare([SceneInput(scene_batch(50 + j), j, gen(50 + j)) for j in range(source_scenes)])
     out = []

@@ -39,7 +39,7 @@ def _input(scene, index=0, dim=8):
 def _method(name, model, scene=None, **params):
     """The registered method; methods that need clean source scenes get them (copies of ``scene``)."""
     entry = METHODS.get(name)
-    m = entry.factory(model, make_config(entry, params, "method"))
+    m = entry.factory(model=model, cfg=make_config(entry, params, "method"))
     if m.needs.source_scenes > 0 and scene is not None:
         m.prepare([_input(scene, 100 + i) for i in range(m.needs.source_scenes)])
     return m
