@@ -1,7 +1,9 @@
 """The checkpoint cache: a trained model is stored under a hash of everything that defines it.
 
-Key = (model spec incl. backbone config, recipe and its settings, teacher, training data fingerprint,
-train-scene count, seed, model code version). A checkpoint that cannot be read, or whose stored key
+A grid cell's checkpoint is named by the cell's ``model_key()`` (``bench.spec.Cell``: backbone and
+its config, input features, recipe and its settings, teacher config, training data and its options,
+train-scene count, seed, model code version); the stored key adds the training data's fingerprint and
+the teacher's weights hash. A checkpoint that cannot be read, or whose stored key
 does not match, is retrained with a warning, never silently used. Loading uses
 ``torch.load(weights_only=True)``. A file lock per key stops two workers training the same model.
 """
@@ -15,25 +17,21 @@ from pathlib import Path
 
 import torch
 
-from backbones.model import MODEL_CODE_VERSION, ModelSpec, SegModel, build_model
+from backbones.model import ModelSpec, SegModel, build_model
 from bench.cache import atomic_write, cache_dir, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
 
 
-def checkpoint_key(spec: ModelSpec, recipe: str, train_cfg: dict, teacher: dict | None, data: dict,
-                   n_train: int, seed: int) -> dict:
-    return {"model": spec.to_dict(), "recipe": recipe, "train": train_cfg, "teacher": teacher, "data": data,
-            "n_train": n_train, "seed": seed, "code": MODEL_CODE_VERSION}
-
-
 def get_or_train(key: dict, spec: ModelSpec, train_fn: Callable[[SegModel], dict], device,
-                 root: Path | None = None) -> tuple[SegModel, dict]:
-    """Load the model of ``key`` from the cache or train it with ``train_fn`` and store it.
+                 root: Path | None = None, name: str | None = None) -> tuple[SegModel, dict]:
+    """Load the model of ``key`` (a JSON-able dict with at least ``seed``) from the cache or train it
+    with ``train_fn`` and store it. The file is ``NAME.pt`` (a grid cell passes its ``model_key()``;
+    default: a hash of ``key``); a file whose stored key differs from ``key`` is retrained.
 
     Returns (model in eval mode, info with 'cache' = hit|miss|retrained and 'train_seconds')."""
     root = Path(root) if root else cache_dir() / "checkpoints"
-    h = stable_hash(key, 24)
+    h = name or stable_hash(key, 24)
     path = root / f"{h}.pt"
     with file_lock(root / f".{h}.lock"):
         status = "miss"

@@ -48,7 +48,7 @@ class SegModel(nn.Module):
         self.spec = spec
         entry = BACKBONES.get(spec.backbone)
         cfg = make_config(entry, spec.backbone_cfg, "backbone")
-        self.backbone = entry.factory(in_channels(spec.features), cfg)
+        self.backbone = entry.factory(cfg=cfg, in_channels=in_channels(spec.features))
         c = self.backbone.out_channels
         heads = {"seg": projector(c, spec.num_classes)}
         if spec.kd_dim:

@@ -143,6 +143,6 @@ class PointNet2(nn.Module):
 
 
 @BACKBONES.register("pointnet2", config=PointNet2Config, kind="point")
-def build_pointnet2(in_channels: int, cfg: PointNet2Config) -> PointNet2:
+def build_pointnet2(*, cfg: PointNet2Config, in_channels: int) -> PointNet2:
     """PointNet++-style point backbone: grid-sampled set abstraction, kNN grouping, 3-NN propagation."""
     return PointNet2(in_channels, cfg)

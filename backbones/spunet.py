@@ -125,6 +125,6 @@ class SpUNet(nn.Module):
 
 
 @BACKBONES.register("spunet", config=SpUNetConfig, kind="voxel")
-def build_spunet(in_channels: int, cfg: SpUNetConfig) -> SpUNet:
+def build_spunet(*, cfg: SpUNetConfig, in_channels: int) -> SpUNet:
     """MinkUNet-style sparse voxel UNet on spconv (SubM/strided/inverse convs, BN, residual blocks)."""
     return SpUNet(in_channels, cfg)

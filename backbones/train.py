@@ -26,7 +26,7 @@ from backbones.registry import RECIPES
 from bench.data.classes import NUM_CLASSES
 from bench.data.scene import Scene
 from bench.metrics import confusion, miou
-from bench.progress import progress
+from bench.progress import progress, track
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,26 @@ class TrainConfig:
     grad_clip: float = 10.0
 
 
+Trainer = Callable[..., dict]
+
+
+def trainer(cfg: TrainConfig) -> Trainer:
+    """``train`` with the recipe's settings bound: ``trainer(model, train_scenes, val_scenes, seed, device,
+    teacher_fn=None, desc="train")``."""
+
+    def run(model: SegModel, train_scenes: list[Scene], val_scenes: list[Scene], seed: int, device,
+            teacher_fn: TeacherFn | None = None, desc: str = "train") -> dict:
+        return train(model, cfg, train_scenes, val_scenes, seed, device, teacher_fn, desc)
+
+    return run
+
+
+# A recipe declares whether its model trains with a teacher (a 2D-feature projector head, lifted
+# teacher features per training scene) and with a reconstruction head; its factory returns the trainer.
 @RECIPES.register("source", config=TrainConfig, teacher=False, mae=False)
-def _source():
+def _source(*, cfg: TrainConfig) -> Trainer:
     """segmentation loss only (the Source-Only model)"""
+    return trainer(cfg)
 
 
 @dataclass
@@ -59,8 +76,9 @@ class JointKDConfig(TrainConfig):
 
 
 @RECIPES.register("joint-kd", config=JointKDConfig, teacher=True, mae=False)
-def _joint_kd():
+def _joint_kd(*, cfg: JointKDConfig) -> Trainer:
     """segmentation + distillation of lifted 2D teacher features (TTT-KD's joint training)"""
+    return trainer(cfg)
 
 
 @dataclass
@@ -69,8 +87,9 @@ class JointMAEConfig(TrainConfig):
 
 
 @RECIPES.register("joint-mae", config=JointMAEConfig, teacher=False, mae=True)
-def _joint_mae():
+def _joint_mae(*, cfg: JointMAEConfig) -> Trainer:
     """segmentation + masked-point reconstruction (for TTT-MAE)"""
+    return trainer(cfg)
 
 
 def augment(scene: Scene, feat: np.ndarray, features: tuple[str, ...], rng: np.random.Generator):
@@ -111,7 +130,8 @@ def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scen
     gen = torch.Generator().manual_seed(seed)
     features = model.spec.features
     feats = [scene_features(s, features) for s in train_scenes]
-    targets = [teacher_fn(s) for s in train_scenes] if cfg.kd_weight > 0 else None
+    targets = ([teacher_fn(s) for s in track(train_scenes, f"{desc}: teacher features")]
+               if cfg.kd_weight > 0 else None)
     steps_per_epoch = max(1, math.ceil(len(train_scenes) / cfg.scenes_per_step))
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,report,show,profile}``."""
+"""Command line: ``python -m bench {list,run,report,compare,show,profile}``."""
 
 from __future__ import annotations
 
@@ -28,10 +28,14 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a grid")
     r.add_argument("--grid", required=True, help="grid name (bench/grids/NAME.toml) or path to a .toml")
-    r.add_argument("--out", type=Path, help="results folder (default results/NAME)")
+    r.add_argument("--out", type=Path, help="run folder (default runs/NAME; git ignores runs/)")
+    r.add_argument("--reference", action="store_true",
+                   help="write a committed reference output (e.g. --out results/reference/NAME) and mark the folder "
+                        "so that plain runs never resume or append there")
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="run only cells matching (repeatable): method, label, source, target, backbone, teacher, seed")
+                   help="run only cells matching (repeatable): method, label, source, target, backbone, teacher, seed, "
+                        "recipe, views, predict or a method parameter")
     r.add_argument("--executor", default="auto", choices=["auto", "inprocess", "pool", "ray"],
                    help="auto (default): on CPU a process pool with one single-threaded worker per core, on CUDA "
                         "in-process")
@@ -43,17 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
                    help="root of a real dataset, e.g. scannet=/data/scannet")
 
-    rep = sub.add_parser("report", help="turn a results folder into tables and figures")
-    rep.add_argument("--grid", default="id_ood", help="grid name: reads results/NAME (default id_ood)")
-    rep.add_argument("--results", type=Path, help="results folder (default results/GRID)")
+    rep = sub.add_parser("report", help="turn a run or reference folder into tables and figures")
+    rep.add_argument("--grid", default="id_ood", help="grid name: reads runs/NAME if it has results, else "
+                     "results/reference/NAME (default id_ood)")
+    rep.add_argument("--results", type=Path, help="run or reference folder (overrides --grid)")
+
+    cmp_ = sub.add_parser("compare", help="does a run agree with a reference within the reference's seed spread?")
+    cmp_.add_argument("run", type=Path, help="run folder, e.g. runs/id_ood")
+    cmp_.add_argument("reference", type=Path, nargs="?",
+                      help="reference folder (default results/reference/GRID of the run's grid)")
 
     s = sub.add_parser("show", help="draw a scene: points from above, its views and their label maps")
     s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
     s.add_argument("--out", type=Path, help="PNG to write (default SCENE.png)")
 
     p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    from bench.profile import add_arguments
+
+    add_arguments(p)
     return ap
 
 
@@ -63,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                         handlers=[_rich_handler()])
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # a deprecation note on every import
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
         from bench.cache import set_cache_dir
 
         set_cache_dir(args.cache_dir)
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "show": cmd_show,
+        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "show": cmd_show,
                 "profile": cmd_profile}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {e}")
@@ -109,57 +121,69 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _kv(items: list[str], what: str) -> dict[str, str]:
+def _kv(items: list[str], what: str, example: str) -> dict[str, str]:
     out = {}
     for it in items:
-        if "=" not in it:
-            raise BenchError(f"{what} '{it}' must be NAME=PATH")
-        k, v = it.split("=", 1)
+        k, sep, v = it.partition("=")
+        if not sep or not k or not v:
+            raise BenchError(f"{what} '{it}' must be NAME=PATH, e.g. {what} {example}")
         out[k] = v
     return out
 
 
+RUNS = Path("runs")
+REFERENCE = Path("results") / "reference"
+
+
 def cmd_run(args) -> int:
-    from bench.grid import describe, load_grid
+    from bench.grid import Overrides, load_grid
     from bench.runner import run_grid
+    from bench.spec import describe
 
-    overrides = {"device": args.device}
+    if args.workers < 0:
+        raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    overrides = Overrides(device=args.device, only=list(args.only),
+                          teacher_weights=_kv(args.teacher_weights, "--teacher-weights", "dinov2=/w/dinov2_vits14.pth"),
+                          data_roots=_kv(args.data_root, "--data-root", "scannet=/data/scannet"))
+    from bench.executors import import_plugins
+
+    import_plugins()  # users' own methods/datasets named in $TTT_BENCH_IMPORTS, before the grid names them
     grid = load_grid(args.grid, overrides)
-    tw = _kv(args.teacher_weights, "--teacher-weights")
-    roots = _kv(args.data_root, "--data-root")
-    if tw or roots:
-        from bench.grid import cell_id
-
-        for c in grid.cells:
-            if c["teacher"] and c["teacher"]["name"] in tw:
-                c["teacher"] = {**c["teacher"], "weights": tw[c["teacher"]["name"]]}
-            opts = dict(c["data_options"])
-            for ds, root in roots.items():
-                opts[ds] = {**opts.get(ds, {}), "root": root}
-            c["data_options"] = opts
-            c["cell_id"] = cell_id(c)
-    from bench.runner import select
-
-    cells = select(grid, args.only)
     if args.dry_run:
         out = Console()
-        for c in cells:
-            out.print(f"{c['cell_id']}  {describe(c)}")
-        out.print(f"{len(cells)} cells")
+        for c in grid.cells:
+            out.print(f"{c.cell_id}  {describe(c)}", markup=False, highlight=False)
+        out.print(f"{len(grid.cells)} cells")
         return 0
-    out_dir = args.out or Path("results") / grid.name
+    out_dir = args.out or RUNS / grid.name
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    res = run_grid(grid, out_dir, args.only, args.executor, args.workers, args.address, console, command)
+    res = run_grid(grid, out_dir, None, args.executor, args.workers, args.address, console, command,
+                   reference=args.reference)
     return 1 if res["errors"] else 0
+
+
+def _results_folder(grid: str) -> Path:
+    run = RUNS / grid
+    if (run / "cells.parquet").is_file():
+        return run
+    return REFERENCE / grid
 
 
 def cmd_report(args) -> int:
     from bench.report import make_report
 
-    folder = args.results or Path("results") / args.grid
+    folder = args.results or _results_folder(args.grid)
     written = make_report(folder)
     Console().print(f"wrote {len(written)} files under {folder / 'report'}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from bench.compare import compare
+
+    if not (args.run / "cells.parquet").is_file():
+        raise BenchError(f"{args.run}: no results (cells.parquet) to compare; run a grid into it first")
+    return compare(args.run, args.reference, Console())
 
 
 def cmd_show(args) -> int:
@@ -175,10 +199,9 @@ def cmd_show(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from bench.profile import profile
+    from bench.profile import run
 
-    profile(args.device, args.repeats, Console())
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -52,3 +52,11 @@ def environment(device: str = "cpu") -> dict:
         env["gpu"] = torch.cuda.get_device_name(0)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def versions() -> dict:
+    """The versions recorded in every result row."""
+    import torch
+
+    return {"torch_version": torch.__version__, "git_commit": git_commit(),
+            "torch_threads": torch.get_num_threads()}  # float summation order, hence last bits, depend on it

@@ -1,12 +1,20 @@
-"""Grid files (``bench/grids/NAME.toml``) and their expansion into cells.
+"""Grid files (``bench/grids/NAME.toml``) and their expansion into resolved cells (``bench.spec.Cell``).
 
 A grid lists axes: ``backbones``, ``teachers``, ``methods`` (each a table with ``name`` and optional
-``label``, ``recipe``, ``train_on`` = "source"|"target", and parameters; a parameter given as a list
-is crossed), source->target ``pairs`` (a list of "A->B" strings or ``"all"`` = every ordered pair of
-``datasets`` including the in-distribution diagonal), ``seeds``, ``train_scenes``, ``val_scenes``,
-``test_scenes``, ``device``, ``features``, ``lift_tol``, and a ``[train]`` table of recipe settings.
-A teacher axis only multiplies cells that use a teacher (a ``joint-kd`` recipe or a teacher-based
-method); other cells get ``teacher = None``.
+``label``, ``recipe``, ``train_on`` = "source"|"target", the cell settings ``views``, ``lift_tol`` and
+``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds``,
+``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``, ``features``, ``views``, ``lift_tol``,
+``predict``, ``[data_options.DATASET]`` and a ``[train]`` table of recipe settings.
+
+Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
+of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
+test split), and/or as ``streams``: tables ``{source = "A", target = [{dataset = "B", split = "test",
+scenes = 6}, {dataset = "C"}, ...]}`` whose segments a cell runs in order without reset beyond the
+method's own protocol (continual, gradual or mixed scenarios are such lists).
+
+A teacher axis only multiplies cells that use a teacher (a teacher-trained recipe, or a method whose
+``needs.teacher`` is set); other cells get no teacher. Loading validates everything a run will use
+and reports every problem at once.
 """
 
 from __future__ import annotations
@@ -15,15 +23,42 @@ import itertools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bench.cache import stable_hash
 from bench.errors import BenchError
+from bench.spec import (
+    CELL_SETTINGS,
+    DEFAULTS,
+    Cell,
+    check_predict,
+    check_tol,
+    check_views,
+    describe,
+    resolve,
+    uses_teacher,
+)
 
 GRID_DIR = Path(__file__).parent / "grids"
-TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "seeds",
-            "train_scenes", "val_scenes", "test_scenes", "device", "features", "lift_tol", "train",
-            "data_options"}
+TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
+            "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
+            "train", "data_options"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
+ONLY_KEYS = ("method", "label", "source", "target", "backbone", "teacher", "seed", "recipe", "views", "predict")
+
+__all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "cell_id"]
+
+
+@dataclass
+class Overrides:
+    """Command-line overrides, applied while the grid loads: ``device`` replaces the grid's;
+    ``teacher_weights`` (teacher name -> path) sets ``weights`` of every table of that teacher;
+    ``data_roots`` (dataset -> path) sets ``[data_options.DATASET] root``; ``only`` (KEY=VALUE filters)
+    selects cells. A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
+
+    device: str | None = None
+    teacher_weights: dict[str, str] = field(default_factory=dict)
+    data_roots: dict[str, str] = field(default_factory=dict)
+    only: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -32,7 +67,33 @@ class Grid:
     path: Path
     raw: dict
     text: str
-    cells: list[dict] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)  # the selected cells (all, unless --only)
+    all_cells: list[Cell] = field(default_factory=list)
+
+
+class Problems:
+    """Collects the problems of a grid so that all are reported at once, one line each."""
+
+    def __init__(self, path: Path):
+        self.path, self.items = path, []
+
+    def add(self, msg: str) -> None:
+        if msg not in self.items:
+            self.items.append(msg)
+
+    def check(self, fn, *args, **kw):
+        try:
+            return fn(*args, **kw)
+        except BenchError as e:
+            self.add(str(e))
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            if len(self.items) == 1:
+                raise BenchError(f"{self.path}: {self.items[0]}")
+            lines = "\n".join(f"  - {m}" for m in self.items)
+            raise BenchError(f"{self.path}: {len(self.items)} problems:\n{lines}")
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -49,7 +110,7 @@ def grid_path(name_or_path: str) -> Path:
 def _as_table(x, what: str) -> dict:
     if isinstance(x, str):
         return {"name": x}
-    if isinstance(x, dict) and "name" in x:
+    if isinstance(x, dict) and isinstance(x.get("name"), str):
         return dict(x)
     raise BenchError(f"each entry of '{what}' must be a name or a table with a 'name' key, got {x!r}")
 
@@ -60,137 +121,247 @@ def _cross(params: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*vals)]
 
 
-def load_grid(name_or_path: str, overrides: dict | None = None) -> Grid:
-    """Read, validate and expand a grid. ``overrides`` replace top-level keys (e.g. device)."""
-    from backbones import BACKBONES, RECIPES
-    from bench.data import DATASETS
-    from bench.data.datasets import DatasetSpec
-    from bench.registry import make_config
-    from methods import METHODS
-    from teachers import TEACHERS
-
-    path = grid_path(name_or_path)
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise BenchError(f"{path}: not valid TOML ({e})") from e
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    bad = sorted(set(raw) - TOP_KEYS)
-    if bad:
-        raise BenchError(f"{path}: unknown key(s) {', '.join(bad)}; valid keys: {', '.join(sorted(TOP_KEYS))}")
-    for key in ("backbones", "methods"):
-        if not raw.get(key):
-            raise BenchError(f"{path}: '{key}' is missing or empty")
-    name = raw.get("name", path.stem)
-
-    backbones = [_as_table(b, "backbones") for b in raw["backbones"]]
-    for b in backbones:
-        entry = BACKBONES.get(b["name"])
-        make_config(entry, {k: v for k, v in b.items() if k != "name"}, "backbone")
-    teachers = [_as_table(t, "teachers") for t in raw.get("teachers", [])]
-    for t in teachers:
-        TEACHERS.get(t["name"])
-
-    # pairs
+def _pairs(raw: dict) -> list[tuple[str, Any]]:
+    """(source, target) of every target: pairs give a target spec string, streams a list of segments."""
     datasets = raw.get("datasets", [])
-    pairs_raw = raw.get("pairs", "all")
+    pairs_raw = raw.get("pairs", "all" if "streams" not in raw else [])
+    out: list[tuple[str, Any]] = []
     if pairs_raw == "all":
-        if not datasets:
-            raise BenchError(f"{path}: pairs = 'all' needs a 'datasets' list")
-        pairs = [(a, b) for a in datasets for b in datasets]
+        if not datasets or not isinstance(datasets, list):
+            raise BenchError("pairs = 'all' needs a 'datasets' list")
+        out += [(a, b) for a in datasets for b in datasets]
     elif isinstance(pairs_raw, list):
-        pairs = []
         for p in pairs_raw:
             if isinstance(p, str) and "->" in p:
                 a, b = (s.strip() for s in p.split("->", 1))
             elif isinstance(p, list) and len(p) == 2:
                 a, b = p
             else:
-                raise BenchError(f"{path}: pair {p!r} must be 'SOURCE->TARGET' or [SOURCE, TARGET]")
-            pairs.append((a, b))
+                raise BenchError(f"pair {p!r} must be 'SOURCE->TARGET' or [SOURCE, TARGET]")
+            out.append((a, b))
     else:
-        raise BenchError(f"{path}: 'pairs' must be 'all' or a list of 'SOURCE->TARGET'")
-    for a, b in pairs:
-        for spec in (a, b):
-            ds = DatasetSpec.parse(spec)
-            DATASETS.get(ds.base)
-            if ds.corruption:
-                from bench.data.corrupt import CORRUPTIONS
+        raise BenchError("'pairs' must be 'all' or a list of 'SOURCE->TARGET'")
+    streams = raw.get("streams", [])
+    if not isinstance(streams, list):
+        raise BenchError("'streams' must be a list of tables {source = ..., target = [segments]}")
+    for i, s in enumerate(streams):
+        if not isinstance(s, dict) or set(s) != {"source", "target"}:
+            raise BenchError(f"streams[{i}] must be a table with exactly 'source' and 'target' "
+                             f"(a list of {{dataset, split, scenes}} segments), got {s!r}")
+        out.append((s["source"], s["target"]))
+    if not out:
+        raise BenchError("no targets: give 'pairs' (or 'datasets' for all pairs) or 'streams'")
+    return out
 
-                CORRUPTIONS.get(ds.corruption)
-        if DatasetSpec.parse(a).corruption:
-            raise BenchError(f"{path}: source '{a}' is corrupted; corruptions apply to targets only")
 
-    train_cfg = raw.get("train", {})
+def _check_top(raw: dict, problems: Problems) -> None:
+    bad = sorted(set(raw) - TOP_KEYS)
+    if bad:
+        problems.add(f"unknown key(s) {', '.join(bad)}; valid keys: {', '.join(sorted(TOP_KEYS))}")
+    for key in ("backbones", "methods"):
+        if not raw.get(key) or not isinstance(raw.get(key), list):
+            problems.add(f"'{key}' is missing or empty")
+    for key in ("train_scenes", "val_scenes", "test_scenes"):
+        v = raw.get(key, DEFAULTS[key])
+        if not isinstance(v, int) or isinstance(v, bool):
+            problems.add(f"{key} = {v!r} must be a whole number")
+        elif key == "test_scenes" and v < 0:
+            problems.add(f"test_scenes = {v} must be >= 1 (or 0 = every test scene of a real dataset)")
+        elif v < 0:
+            problems.add(f"{key} = {v} must be >= 0 (0 = {'none' if key == 'val_scenes' else 'all'})")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             for s in seeds):
+        problems.add(f"seeds = {seeds!r} must be a non-empty list of whole numbers")
+    if "views" in raw:
+        problems.check(check_views, raw["views"], "grid")
+    if "lift_tol" in raw:
+        problems.check(check_tol, raw["lift_tol"], "grid")
+    if "predict" in raw:
+        problems.check(check_predict, raw["predict"], "grid")
+    for key, kind in (("train", dict), ("data_options", dict), ("features", list)):
+        if key in raw and not isinstance(raw[key], kind):
+            problems.add(f"'{key}' must be a {'table' if kind is dict else 'list'}, got {raw[key]!r}")
+
+
+def _apply_overrides(raw: dict, ov: Overrides, problems: Problems) -> None:
+    if ov.device is not None:
+        raw["device"] = ov.device
+    if ov.data_roots:
+        opts = {k: dict(v) for k, v in (raw.get("data_options") or {}).items()} if isinstance(
+            raw.get("data_options"), dict) else {}
+        for ds, root in ov.data_roots.items():
+            if not Path(root).expanduser().is_dir():
+                problems.add(f"--data-root {ds}={root}: {root} is not a folder")
+            opts[ds] = {**opts.get(ds, {}), "root": root}
+        raw["data_options"] = opts
+    for t, w in ov.teacher_weights.items():
+        if w != "random-init" and not Path(w).expanduser().is_file():
+            problems.add(f"--teacher-weights {t}={w}: no such file")
+
+
+def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> Grid:
+    """Read, validate and expand a grid into resolved cells, applying the command line's overrides.
+    Every problem found (types, ranges, names, unknown keys, overrides no cell uses) is reported in
+    one BenchError, one line each."""
+    from bench.data.datasets import DatasetSpec
+    from bench.registry import config_fields
+    from methods import METHODS
+    from methods.base import Needs
+
+    ov = overrides if isinstance(overrides, Overrides) else Overrides(**(overrides or {}))
+    path = grid_path(name_or_path)
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise BenchError(f"{path}: not valid TOML ({e})") from e
+    problems = Problems(path)
+    _apply_overrides(raw, ov, problems)
+    _check_top(raw, problems)
+    name = raw.get("name", path.stem)
+    targets = problems.check(_pairs, raw) or []
+    backbones = [t for t in (problems.check(_as_table, b, "backbones") for b in raw.get("backbones") or []) if t]
+    teachers = [t for t in (problems.check(_as_table, x, "teachers") for x in raw.get("teachers", []) or []) if t]
+    for t in teachers:
+        if t["name"] in ov.teacher_weights:
+            t["weights"] = ov.teacher_weights[t["name"]]
+    if problems.items:  # also check the method tables, then report everything at once
+        _check_methods(raw, problems)
+    problems.raise_if_any()
+
     common = {
         "grid": name,
-        "train_scenes": int(raw.get("train_scenes", 16)),
-        "val_scenes": int(raw.get("val_scenes", 2)),
-        "test_scenes": int(raw.get("test_scenes", 8)),
-        "device": raw.get("device", "cpu"),
-        "features": list(raw.get("features", ["color", "normal"])),
-        "lift_tol": float(raw.get("lift_tol", 0.1)),
+        "train_scenes": raw.get("train_scenes", DEFAULTS["train_scenes"]),
+        "val_scenes": raw.get("val_scenes", DEFAULTS["val_scenes"]),
+        "device": raw.get("device", DEFAULTS["device"]),
+        "features": list(raw.get("features", DEFAULTS["features"])),
+        "lift_tol": float(raw.get("lift_tol", DEFAULTS["lift_tol"])),
         "data_options": raw.get("data_options", {}),
     }
-    cells = []
-    for m in raw["methods"]:
-        m = _as_table(m, "methods")
-        entry = METHODS.get(m["name"])
-        params = {k: v for k, v in m.items() if k not in METHOD_KEYS}
-        recipe = m.get("recipe", entry.extra.get("recipe", "source"))
-        recipe_entry = RECIPES.get(recipe)
-        train_on = m.get("train_on", "source")
-        if train_on not in ("source", "target"):
-            raise BenchError(f"{path}: method '{m['name']}': train_on must be 'source' or 'target', got {train_on!r}")
-        uses_teacher = bool(entry.extra.get("teacher")) or bool(recipe_entry.extra.get("teacher"))
-        if uses_teacher and not teachers:
-            raise BenchError(f"{path}: method '{m['name']}' (recipe {recipe}) needs a teacher; add a 'teachers' list")
-        make_config(recipe_entry, train_cfg, "recipe")
-        for p in _cross(params):
-            make_config(entry, p, "method")
-            label = m.get("label", m["name"])
-            for bb, t, (src, tgt), seed in itertools.product(
-                    backbones, teachers if uses_teacher else [None], pairs, raw.get("seeds", [0])):
-                cell = {**common, "method": m["name"], "label": label, "params": p, "recipe": recipe,
-                        "train_on": train_on, "backbone": bb, "teacher": t, "source": src, "target": tgt,
-                        "seed": int(seed), "train_cfg": train_cfg}
-                cell["cell_id"] = cell_id(cell)
-                cells.append(cell)
-    ids = [c["cell_id"] for c in cells]
+    # cell settings given at grid level enter a cell's plain form only when they differ from the
+    # default (so grids written before these settings existed keep their cell ids)
+    for key in ("views", "predict"):
+        if key in raw and raw[key] != DEFAULTS[key]:
+            common[key] = raw[key]
+    test_scenes = raw.get("test_scenes", DEFAULTS["test_scenes"])
+    cells: list[Cell] = []
+    for mi, m in enumerate(raw.get("methods") or []):
+        m = problems.check(_as_table, m, "methods")
+        if m is None:
+            continue
+        where = f"method '{m['name']}' (methods[{mi}])"
+        entry = problems.check(METHODS.get, m["name"])
+        if entry is None:
+            continue
+        table = {k: v for k, v in m.items() if k not in METHOD_KEYS}
+        valid = set(config_fields(entry)) | set(CELL_SETTINGS)
+        bad = sorted(set(table) - valid)
+        if bad:
+            problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
+                         f"parameters: {', '.join(sorted(valid))}")
+            continue
+        needs = getattr(entry.factory, "needs", Needs())
+        recipe = m.get("recipe", needs.recipe)
+        with_teacher = uses_teacher(needs, recipe)
+        if with_teacher and not teachers:
+            problems.add(f"{where} (recipe {recipe}) needs a teacher; add a 'teachers' list")
+            continue
+        for p in _cross(table):
+            for bb, t, (src, tgt), seed in itertools.product(backbones, teachers if with_teacher else [None],
+                                                             targets, raw.get("seeds", [0])):
+                plain = {**common, "method": m["name"], "label": m.get("label", m["name"]), "params": p,
+                         "recipe": recipe, "train_on": m.get("train_on", "source"), "backbone": bb,
+                         "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {})}
+                if isinstance(tgt, str):
+                    plain["test_scenes"] = test_scenes
+                c = problems.check(resolve, plain, where)
+                if c is not None:
+                    cells.append(c)
+    problems.raise_if_any()
+    ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise BenchError(f"{path}: some cells are listed twice (same method, parameters and axes)")
-    return Grid(name, path, raw, text, cells)
+
+    # overrides that no cell uses are mistakes: say which cells would use them
+    used_teachers = {c.teacher["name"] for c in cells if c.teacher}
+    for t in ov.teacher_weights:
+        if t not in used_teachers:
+            users = sorted({c.label for c in cells if c.uses_teacher})
+            problems.add(f"--teacher-weights {t}=...: no cell of this grid uses teacher '{t}' (its teachers: "
+                         f"{', '.join(sorted(used_teachers)) or 'none'}); add '{t}' to the grid's 'teachers' list, "
+                         f"which the teacher-using methods ({', '.join(users) or 'none in this grid'}) then cross")
+    used_data = {DatasetSpec.parse(s).base for c in cells for s in [c.source] + [g.dataset for g in c.stream]}
+    for ds in ov.data_roots:
+        if ds not in used_data:
+            problems.add(f"--data-root {ds}=...: no cell of this grid reads dataset '{ds}' "
+                         f"(it reads: {', '.join(sorted(used_data))})")
+    problems.check(check_only, cells, ov.only)
+    selected = [c for c in cells if matches(c, ov.only)] if ov.only and not problems.items else cells
+    if ov.only and not selected and not problems.items:
+        problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells")
+    problems.raise_if_any()
+    return Grid(name, path, raw, text, selected, cells)
 
 
-def cell_id(cell: dict) -> str:
-    """Identifies a cell by everything that can change its numbers (not its label or grid name)."""
-    return stable_hash({k: v for k, v in cell.items() if k not in ("grid", "label", "cell_id")})
+def _check_methods(raw: dict, problems: Problems) -> None:
+    """The method tables' names, parameters (names and types) and recipes, on their own."""
+    from backbones import RECIPES
+    from bench.registry import make_config
+    from methods import METHODS
+
+    for m in raw.get("methods") or []:
+        m = problems.check(_as_table, m, "methods")
+        entry = problems.check(METHODS.get, m["name"]) if m else None
+        if entry is None:
+            continue
+        table = {k: v for k, v in m.items() if k not in METHOD_KEYS and k not in CELL_SETTINGS}
+        for p in _cross(table):
+            problems.check(make_config, entry, p, "method")
+        needs = getattr(entry.factory, "needs", None)
+        recipe = problems.check(RECIPES.get, m.get("recipe", needs.recipe if needs is not None else "source"))
+        if recipe is not None and isinstance(raw.get("train", {}), dict):
+            problems.check(make_config, recipe, raw.get("train", {}), "recipe")
 
 
-def describe(cell: dict) -> str:
-    params = ",".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
-    t = f" [{cell['teacher']['name']}]" if cell["teacher"] else ""
-    return (f"{cell['label']}{'(' + params + ')' if params else ''}{t} {cell['backbone']['name']} "
-            f"{cell['source']}->{cell['target']} s{cell['seed']}")
+def cell_id(cell: dict | Cell) -> str:
+    """The id of a cell (a Cell, or a cell's plain form)."""
+    from bench.spec import cell_id as _cell_id
+
+    return cell.cell_id if isinstance(cell, Cell) else _cell_id(cell)
 
 
-def matches(cell: dict, only: list[str]) -> bool:
+def matches(cell: Cell, only: list[str]) -> bool:
     """``--only key=value``: every filter must match (value compared as text; method, label, source,
-    target, backbone, teacher, seed, or a method parameter)."""
+    target, backbone, teacher, seed, recipe, views, predict, or a method parameter)."""
     for f in only:
         if "=" not in f:
             raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
         k, v = f.split("=", 1)
         if k in ("backbone", "teacher"):
-            got = (cell[k] or {}).get("name")
-        elif k in cell:
-            got = cell[k]
-        elif k in cell["params"]:
-            got = cell["params"][k]
+            got = (getattr(cell, k) or {}).get("name")
+        elif k == "views":
+            got = cell.lift.views
+        elif k in ONLY_KEYS:
+            got = getattr(cell, k)
+        elif k in cell.params:
+            got = cell.params[k]
+        elif hasattr(cell.method_cfg, k):
+            got = getattr(cell.method_cfg, k)
         else:
-            raise BenchError(f"--only: unknown key '{k}'; use method, label, source, target, backbone, teacher, "
-                             "seed, or a method parameter")
+            return False  # a parameter of other methods (check_only says whether any cell has it)
         if str(got) != v:
             return False
     return True
+
+
+def check_only(cells: list[Cell], only: list[str]) -> None:
+    """Every ``--only`` filter is KEY=VALUE with a key that some cell knows."""
+    for f in only:
+        if "=" not in f:
+            raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
+        k = f.split("=", 1)[0]
+        if k not in ONLY_KEYS and k not in ("backbone", "teacher") and not any(
+                k in c.params or hasattr(c.method_cfg, k) for c in cells):
+            raise BenchError(f"--only: unknown key '{k}'; use {', '.join(ONLY_KEYS)}, or a parameter of one of "
+                             "the grid's methods")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,22 +87,114 @@ class Registry:
         return [self._entries[k] for k in self.names()]
 
 
+def _type_name(tp) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value converted to ``tp``): ints are accepted for floats, lists for tuples; bools are not
+    numbers; annotations this does not understand accept anything."""
+    if tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        args = typing.get_args(tp)
+        item = args[0] if args and (len(args) == 2 and args[1] is Ellipsis or origin is list) else None
+        out = []
+        for v in value:
+            ok, v = _coerce(v, item) if item is not None else (True, v)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if tp is tuple:
+        return isinstance(value, (list, tuple)), tuple(value) if isinstance(value, (list, tuple)) else value
+    if isinstance(tp, type) and tp.__module__ == "pathlib":
+        return isinstance(value, (str, tp)), value
+    return True, value  # an annotation we do not check
+
+
+def config_fields(entry: Entry) -> dict[str, Any]:
+    """The entry's parameters and their types: its config dataclass's fields, or (for entries not yet
+    on the config contract) the keyword parameters of its factory, typed ``Any``."""
+    if entry.config is not None and dataclasses.is_dataclass(entry.config):
+        try:
+            hints = typing.get_type_hints(entry.config)
+        except Exception:  # noqa: BLE001 - an annotation that does not evaluate: skip type checks
+            hints = {}
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(entry.config) if f.init}
+    try:
+        sig = inspect.signature(entry.factory)
+    except (TypeError, ValueError):
+        return {}
+    return {k: Any for k, p in sig.parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k not in ("cfg", "self")}
+
+
+def open_ended(entry: Entry) -> bool:
+    """An entry without a config whose factory takes ``**kwargs``: its options cannot be checked."""
+    if entry.config is not None:
+        return False
+    try:
+        return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(entry.factory).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def make_config(entry: Entry, params: dict[str, Any], what: str):
-    """Build ``entry.config`` from ``params``; unknown keys raise a BenchError listing the valid ones."""
-    cfg_cls = entry.config
-    if cfg_cls is None:
-        if params:
-            raise BenchError(f"{what} '{entry.name}' takes no parameters, got {sorted(params)}")
-        return None
-    valid = {f.name for f in dataclasses.fields(cfg_cls)}
-    bad = sorted(set(params) - valid)
+    """Build ``entry.config`` from ``params``: unknown keys and values of the wrong type raise a
+    BenchError naming the entry and the parameter and listing the valid parameters. Entries without
+    a config dataclass are checked against their factory's keyword parameters and get a plain dict."""
+    fields = config_fields(entry)
+    if open_ended(entry):
+        fields = {**{k: Any for k in params}, **fields}
+    bad = sorted(set(params) - set(fields))
     if bad:
+        if not fields:
+            raise BenchError(f"{what} '{entry.name}' takes no parameters, got {', '.join(repr(b) for b in bad)}")
         raise BenchError(
             f"{what} '{entry.name}' has no parameter {', '.join(repr(b) for b in bad)}; "
-            f"valid parameters: {', '.join(sorted(valid))}"
+            f"valid parameters: {', '.join(sorted(fields))}"
         )
-    # TOML has no tuples: list values become tuples (config dataclasses declare sequences as tuples)
-    return cfg_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+    values = {}
+    for k, v in params.items():
+        ok, conv = _coerce(v, fields[k])
+        if not ok:
+            raise BenchError(f"{what} '{entry.name}': parameter '{k}' = {v!r} has the wrong type; "
+                             f"expected {_type_name(fields[k])}")
+        values[k] = conv
+    if entry.config is None or not dataclasses.is_dataclass(entry.config):
+        return dict(values)
+    try:
+        return entry.config(**values)
+    except (TypeError, ValueError) as e:
+        raise BenchError(f"{what} '{entry.name}': {e}") from e
 
 
 MODULES = ("methods", "backbones", "teachers", "bench.data")

@@ -9,55 +9,66 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
 from bench.executors import cpu_cores, make_executor
-from bench.grid import Grid, describe, matches
+from bench.grid import Grid, check_only, matches
 from bench.progress import progress
+from bench.spec import Cell, describe
 from bench.store import ResultsStore
 
 log = logging.getLogger(__name__)
 
 
-def select(grid: Grid, only: list[str] | None) -> list[dict]:
-    return [c for c in grid.cells if matches(c, only or [])]
+def select(grid: Grid, only: list[str] | None) -> list[Cell]:
+    """The grid's selected cells, further filtered by ``only`` (KEY=VALUE); matching nothing is an error."""
+    check_only(grid.cells, only or [])
+    cells = [c for c in grid.cells if matches(c, only or [])]
+    if only and not cells:
+        raise BenchError(f"--only {' '.join(only)} matches none of the {len(grid.cells)} cells of grid "
+                         f"'{grid.name}'; `python -m bench run --grid {grid.name} --dry-run` lists them")
+    return cells
 
 
-def schedule(cells: list[dict]) -> list[dict]:
+def schedule(cells: list[Cell]) -> list[Cell]:
     """Cells in run order: the first cell of each model first, then the rest in grid order. With a
     pool, the models are then trained side by side instead of workers queueing on one checkpoint's
     lock; in-process, the order does not change any result (cells are pure functions of config)."""
-    from bench.cell import model_key
-
     first, rest, seen = [], [], set()
     for c in cells:
-        k = model_key(c)
+        k = c.model_key()
         (rest if k in seen else first).append(c)
         seen.add(k)
     return first + rest
 
 
 def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str = "inprocess", workers: int = 1,
-             address: str | None = None, console: Console | None = None, command: str = "") -> dict:
+             address: str | None = None, console: Console | None = None, command: str = "",
+             reference: bool = False) -> dict:
     """Run the grid's selected cells that are not finished yet into ``out``. Called as a library
     function it runs in this process by default (so methods and datasets registered by the caller
-    are seen); ``python -m bench run`` defaults to ``executor="auto"``."""
+    are seen); ``python -m bench run`` defaults to ``executor="auto"``. Before anything is written,
+    every dataset, scene count and teacher the cells need is checked (all problems in one error);
+    ``reference=True`` marks ``out`` as a committed reference (only such runs may write there)."""
     console = console or Console(stderr=True)
-    store = ResultsStore(out)
+    store = ResultsStore(out, reference=reference)
     cells = select(grid, only)
+    store.check_writable()
+    done = store.finished()
+    todo = [c for c in cells if c.cell_id not in done]
+    preflight(todo)
     with store.lock():
-        done = store.finished()
-        todo = [c for c in cells if c["cell_id"] not in done]
-        device = cells[0]["device"] if cells else "cpu"
+        device = cells[0].device if cells else "cpu"
         header = f"# written by ttt-bench on {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
         atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
         env = environment(device)
         ex = make_executor(executor, workers, address, device, n_cells=len(todo))
-        env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.cells),
+        env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.all_cells or grid.cells),
                     "cells_selected": len(cells), "executor": ex.describe(), "resolved_grid": grid.raw})
         atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
         console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
@@ -70,9 +81,9 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
             for cell, (row, scenes) in ex.run(schedule(todo)):
                 store.append(row, scenes)
                 n_err += row["status"] != "ok"
-                bar.update(task, advance=1, info=describe(cell)[:60])
+                bar.update(task, advance=1, info=escape(describe(cell)[:60]))
                 if bar.disable:  # no live bar (not a terminal): one log line per cell instead
-                    status = f"mIoU {row['miou']:.3f}" if row["status"] == "ok" else f"error: {row['error'][:80]}"
+                    status = f"mIoU {100 * row['miou']:.1f}" if row["status"] == "ok" else f"error: {row['error'][:80]}"
                     log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
         elapsed = time.perf_counter() - t0
     summary(store, cells, console)
@@ -80,39 +91,67 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     return {"ran": len(todo), "errors": n_err, "seconds": elapsed}
 
 
-def prepare_data(cells: list[dict], workers: int) -> None:
-    """Generate every scene the cells will read (synthetic datasets), all cores at once, before any
-    cell starts; a dataset that cannot be opened is left for its cells to report as their error."""
-    from bench.cell import scenes_needed
+def preflight(cells: list[Cell]) -> None:
+    """Check before any work that every dataset the cells read opens and has the scenes asked for
+    (data roots, splits, scene counts), and that every teacher they use builds (weights files found
+    and fitting). All problems are raised at once in one BenchError, one line each."""
+    from bench.resources import scenes_needed
 
-    need: dict = {}
+    problems: list[str] = []
+
+    def add(msg: str) -> None:
+        if msg not in problems:
+            problems.append(msg)
+
     for c in cells:
         try:
             for ds, names in scenes_needed(c):
-                need.setdefault(id(ds), (ds, set()))[1].update(names)
+                if not names:
+                    add(f"{ds.name}: no scenes to read for cell {describe(c)}")
         except BenchError as e:
-            log.debug("cell %s: %s (the cell will report this)", c["cell_id"], e)
-    for ds, names in need.values():
+            add(str(e))
+    teachers = {json.dumps(c.teacher, sort_keys=True): c for c in cells if c.teacher}
+    for spec, c in teachers.items():
         try:
-            ds.ensure(sorted(names), workers=max(1, workers))
+            from teachers import build_teacher
+
+            build_teacher(json.loads(spec), "cpu")
         except BenchError as e:
-            log.info("%s: %s (its cells will report this)", ds.name, e)
+            add(f"teacher {c.teacher['name']}: {e}")
+    if problems:
+        if len(problems) == 1:
+            raise BenchError(problems[0])
+        raise BenchError(f"{len(problems)} problems found before the run:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def summary(store: ResultsStore, cells: list[dict], console: Console) -> None:
+def prepare_data(cells: list[Cell], workers: int) -> None:
+    """Generate every scene the cells will read (synthetic datasets), all cores at once, before any
+    cell starts (``preflight`` has checked that every dataset opens)."""
+    from bench.resources import scenes_needed
+
+    need: dict = {}
+    for c in cells:
+        for ds, names in scenes_needed(c):
+            need.setdefault(id(ds), (ds, set()))[1].update(names)
+    for ds, names in need.values():
+        ds.ensure(sorted(names), workers=max(1, workers))
+
+
+def summary(store: ResultsStore, cells: list[Cell], console: Console) -> None:
+    """A table of the cells' results; mIoU in percent, as in the reports."""
     df = store.cells()
     if df.empty:
         return
-    df = df[df["cell_id"].isin({c["cell_id"] for c in cells})]
+    df = df[df["cell_id"].isin({c.cell_id for c in cells})]
     t = Table(title="summary", show_lines=False)
-    for col in ("method", "teacher", "source -> target", "mIoU", "steps/scene", "s/scene", "status"):
-        t.add_column(col, justify="right" if col in ("mIoU", "steps/scene", "s/scene") else "left")
+    for col in ("method", "teacher", "source -> target", "mIoU %", "steps/scene", "s/scene", "status"):
+        t.add_column(col, justify="right" if col in ("mIoU %", "steps/scene", "s/scene") else "left")
     for _, r in df.sort_values(["label", "source", "target"]).iterrows():
         params = json.loads(r["params"])
         name = r["label"] + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
         ok = r["status"] == "ok"
         t.add_row(name, r["teacher"] or "-", f"{r['source']} -> {r['target']}",
-                  f"{r['miou']:.3f}" if ok else "-", f"{r['steps_per_scene']:.1f}" if ok else "-",
+                  f"{100 * r['miou']:.1f}" if ok else "-", f"{r['steps_per_scene']:.1f}" if ok else "-",
                   f"{r['adapt_s_per_scene'] + r['infer_s_per_scene']:.2f}" if ok else "-",
                   "ok" if ok else f"error: {str(r['error'])[:60]}")
     console.print(t)

@@ -24,10 +24,40 @@ def label_rgb(label: np.ndarray) -> np.ndarray:
     return out
 
 
+def check_scene_name(ds, name: str) -> None:
+    """Raise a BenchError listing the nearest valid names if ``ds`` has no scene ``name`` (so that a
+    typo never generates a new scene into the cache)."""
+    import difflib
+
+    from bench.data.datasets import SPLITS
+    from bench.errors import BenchError
+
+    names: list[str] = []
+    for split in SPLITS:
+        try:
+            names += ds.scene_names(split, 0) or ds.scene_names(split, None)
+        except BenchError:
+            continue
+    if name in names:
+        return
+    split, _, idx = name.partition("_")  # generated datasets: SPLIT_NNNN beyond the default count
+    if split in SPLITS and idx.isdigit():
+        try:
+            if name in ds.scene_names(split, int(idx) + 1):
+                return
+        except BenchError:
+            pass
+    near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f"nearest: {', '.join(near)}" if near else f"e.g. {', '.join(names[:5])}"
+    raise BenchError(f"dataset '{ds.name}' has no scene '{name}' ({hint}); scenes are named as its splits list them")
+
+
 def show_scene(dataset: str, name: str, out: Path, max_views: int = 4) -> Path:
     from bench.data import get_dataset
 
-    scene = get_dataset(dataset).load(name)
+    ds = get_dataset(dataset)
+    check_scene_name(ds, name)
+    scene = ds.load(name)
     views = scene.views[:max_views]
     ncol = max(2, len(views))
     fig, axes = plt.subplots(4, ncol, figsize=(3.2 * ncol, 11), squeeze=False)

@@ -5,7 +5,10 @@ Rows are appended per cell, atomically: scene rows first, then the cell row, eac
 to a temporary file and renamed into place. A cell counts as finished only once its cell row is
 there; scene rows without a cell row (a run killed between the two writes) are dropped when read
 and replaced when the cell runs again, so a killed run resumes with no row lost or doubled. A lock
-file stops two runs from writing one folder at once.
+file stops two runs from writing one folder at once (it is removed when the run ends).
+
+A folder holding a ``REFERENCE`` marker is a committed reference output (``results/reference/GRID``,
+written by ``bench run --reference``): a plain run refuses to resume or append there.
 """
 
 from __future__ import annotations
@@ -20,16 +23,34 @@ import pandas as pd
 from bench.cache import atomic_write
 from bench.errors import BenchError
 
+MARKER = "REFERENCE"
+
 
 class ResultsStore:
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, reference: bool = False):
         self.out = Path(out)
+        self.reference = reference
         self.cells_path = self.out / "cells.parquet"
         self.scenes_path = self.out / "scenes.parquet"
 
+    def is_reference(self) -> bool:
+        return (self.out / MARKER).is_file()
+
+    def check_writable(self) -> None:
+        """A plain run never writes into a reference folder."""
+        if self.is_reference() and not self.reference:
+            raise BenchError(f"{self.out} holds reference results (it has a {MARKER} file), which a run never "
+                             "resumes or appends to; run into a runs folder instead (the default, runs/GRID, or "
+                             "--out runs/NAME) and compare with `python -m bench compare RUN " + str(self.out) +
+                             "`; to regenerate the reference on purpose, add --reference")
+
     @contextlib.contextmanager
     def lock(self):
+        self.check_writable()
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.reference and not self.is_reference():
+            atomic_write(self.out / MARKER, lambda p: p.write_text(
+                "Reference results: written by `python -m bench run --reference`; plain runs never write here.\n"))
         f = open(self.out / ".lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -46,6 +67,8 @@ class ResultsStore:
             f.flush()
             yield
         finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out / ".lock")  # while still held: no other run can be inside
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
 

@@ -85,8 +85,6 @@ class Method:
     """Base class. Subclasses set ``config`` hooks and implement ``adapt`` (returns gradient steps)."""
 
     needs: ClassVar[Needs] = Needs()
-    needs_teacher = False
-    default_recipe = "source"
     bn_mode = "source"  # how BN normalises while predicting
     # logits of the method's last adapting forward on the current scene (computed before its update),
     # or None: the protocol's ``predict = "same"`` reports them, as the official TENT/EATA/SAR/CoTTA do

@@ -8,7 +8,8 @@ only (both projectors stay frozen); then a final prediction with everything froz
 (episodic). ``ttt_kd_online`` (TTT-KD-O) never resets and takes its steps on every ``stride``-th
 scene of the target stream only.
 
-Defaults: cosine loss, Adam, lr 1e-4, 5 steps, all views, BN with source statistics. ``bn = "test"``
+Defaults: cosine loss, Adam, lr 1e-4, 5 steps, BN with source statistics (the views used for
+lifting are a cell setting, default all). ``bn = "test"``
 normalises with the scene's statistics instead, while adapting and predicting. ``loss = "l2"`` is
 the mean squared error between the projected and the teacher features on the seen points.
 
@@ -30,17 +31,14 @@ class TTTKDConfig(MethodConfig):
     steps: int = 5
     lr: float = 1e-4
     loss: str = "cosine"  # cosine or l2
-    views: int | str = "all"  # views used to lift the teacher features
     bn: str = "source"  # source or test
 
 
-@METHODS.register("ttt_kd", config=TTTKDConfig, recipe="joint-kd", teacher=True)
+@METHODS.register("ttt_kd", config=TTTKDConfig)
 class TTTKD(Method):
     """TTT-KD: per-scene steps on 2D->3D distillation, backbone only, reset after each scene"""
 
     needs = Needs(recipe="joint-kd", teacher=True)
-    needs_teacher = True
-    default_recipe = "joint-kd"
 
     def __init__(self, model, cfg):
         self.bn_mode = cfg.bn
@@ -71,7 +69,7 @@ class TTTKDOnlineConfig(TTTKDConfig):
     stride: int = 1  # a TTT step on every stride-th scene of the stream
 
 
-@METHODS.register("ttt_kd_online", config=TTTKDOnlineConfig, recipe="joint-kd", teacher=True)
+@METHODS.register("ttt_kd_online", config=TTTKDOnlineConfig)
 class TTTKDOnline(TTTKD):
     """TTT-KD-O: no reset; TTT steps on every stride-th scene of the target stream"""
 

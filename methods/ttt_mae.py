@@ -19,12 +19,11 @@ class TTTMAEConfig(MethodConfig):
     mask_cell: float = 0.4
 
 
-@METHODS.register("ttt_mae", config=TTTMAEConfig, recipe="joint-mae")
+@METHODS.register("ttt_mae", config=TTTMAEConfig)
 class TTTMAE(Method):
     """TTT on masked-point reconstruction (needs a joint-mae model); backbone updated, heads frozen"""
 
     needs = Needs(recipe="joint-mae")
-    default_recipe = "joint-mae"
 
     def adapt_params(self):
         return list(self.model.backbone.parameters())

@@ -4,7 +4,8 @@ A point is seen by a view when it projects in front of the camera, inside the im
 agrees with the view's depth map at that pixel to within ``tol`` metres (the occlusion test).
 Features are sampled bilinearly from each view's feature map (any resolution: sampling a coarse map
 bilinearly at the projected pixel equals upsampling it to image size first) and averaged over the
-views that see the point.
+views that see the point. The projection itself (``project``, ``project_depth``) lives in
+``bench.data.geometry``, below both the readers and this module.
 """
 
 from __future__ import annotations
@@ -13,31 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.data.geometry import project, project_depth  # noqa: F401  (re-exported: the one projection)
 from bench.data.scene import View
-
-
-def project_depth(coord: np.ndarray, view: View):
-    """Pixel coordinates (u, v), camera depth z of the points, the view's depth d at their pixel (0
-    where none) and a mask of the points that fall inside the image in front of the camera."""
-    pose = view.cam_to_world.astype(np.float64)
-    pc = (coord.astype(np.float64) - pose[:3, 3]) @ pose[:3, :3]  # world -> camera (R^T (p - t))
-    z = pc[:, 2]
-    k = view.intrinsic
-    zs = np.where(z > 1e-6, z, 1.0)
-    u = k[0, 0] * pc[:, 0] / zs + k[0, 2]
-    v = k[1, 1] * pc[:, 1] / zs + k[1, 2]
-    h, w = view.depth.shape
-    ui, vi = np.round(u).astype(np.int64), np.round(v).astype(np.int64)
-    inside = (z > 1e-6) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
-    d = np.zeros_like(z)
-    d[inside] = view.depth[vi[inside], ui[inside]]
-    return u, v, z, d, inside
-
-
-def project(coord: np.ndarray, view: View, tol: float = 0.1):
-    """Pixel coordinates (u, v) of the points in ``view`` and a mask of the points it sees."""
-    u, v, z, d, inside = project_depth(coord, view)
-    return u, v, inside & (d > 0) & (np.abs(z - d) < tol)
 
 
 def select_views(views: list[View], n: int | str) -> list[int]:

@@ -24,7 +24,6 @@ class OracleConfig:
     dim: int = 32
     noise: float = 0.3
     seed: int = 0
-    device: str = "cpu"
 
 
 class Oracle(Teacher):
@@ -48,6 +47,6 @@ class Oracle(Teacher):
 
 
 @TEACHERS.register("oracle", config=OracleConfig)
-def build_oracle(cfg: OracleConfig) -> Oracle:
+def build_oracle(*, cfg: OracleConfig, device: str = "cpu") -> Oracle:  # noqa: ARG001  (features are made on CPU)
     """features from the true labels (class embedding + noise): an upper-bound control, not a real teacher"""
     return Oracle(cfg)

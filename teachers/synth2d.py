@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.data.classes import NUM_CLASSES
 from bench.errors import BenchError
-from teachers.base import ImageTeacher, load_into, load_state_dict, normalise, weights_id
+from teachers.base import ImageTeacher, load_into, normalise, read_checkpoint, weights_id
 from teachers.registry import TEACHERS
 
 WEIGHTS = Path(__file__).parent / "weights" / "synth2d.pt"
@@ -59,21 +59,20 @@ class Synth2DNet(nn.Module):
 @dataclass
 class Synth2DConfig:
     weights: str | None = None  # None = the shipped teachers/weights/synth2d.pt
-    device: str = "cpu"
 
 
 class Synth2D(ImageTeacher):
-    def __init__(self, cfg: Synth2DConfig):
+    def __init__(self, cfg: Synth2DConfig, device: str = "cpu"):
         path = Path(cfg.weights) if cfg.weights else WEIGHTS
         if not path.is_file():
             raise BenchError(f"synth2d weights {path} not found; train them with `python -m teachers.train_synth2d` "
                              "(they ship with the package, so a fresh clone should have them)")
-        ckpt = load_state_dict(path, "synth2d")
+        ckpt = read_checkpoint(path, "synth2d")
         dim = int(ckpt["feat.weight"].shape[0])
         width = int(ckpt["enc1.0.weight"].shape[0])
         net = Synth2DNet(dim, width)
         load_into(net, ckpt, path, "synth2d")
-        super().__init__(net, "synth2d", dim, weights_id(path), cfg.device)
+        super().__init__(net, "synth2d", dim, weights_id(path), device)
 
     def feature_maps(self, images):
         f, _ = self.net(normalise(images, *MEAN_STD))
@@ -81,6 +80,6 @@ class Synth2D(ImageTeacher):
 
 
 @TEACHERS.register("synth2d", config=Synth2DConfig)
-def build_synth2d(cfg: Synth2DConfig) -> Synth2D:
+def build_synth2d(*, cfg: Synth2DConfig, device: str = "cpu") -> Synth2D:
     """small CNN trained on all synthetic domains with appearance randomisation (stands in for DINOv2)"""
-    return Synth2D(cfg)
+    return Synth2D(cfg, device)

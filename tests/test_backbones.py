@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from backbones.batch import make_batch
-from backbones.checkpoint import checkpoint_key, get_or_train
+from backbones.checkpoint import get_or_train
 from backbones.model import ModelSpec, build_model
 from backbones.spunet import voxelize
 from backbones.train import TrainConfig, evaluate, train
@@ -67,7 +67,7 @@ def test_every_point_is_predicted(scene):
 
 def test_checkpoint_cache_hit_miss_corrupt(tmp_path, scene, caplog):
     spec = ModelSpec(backbone="spunet", backbone_cfg={"channels": [8, 16]})
-    key = checkpoint_key(spec, "source", {"epochs": 1}, None, {"dataset": "x"}, 1, 0)
+    key = {"model": spec.to_dict(), "recipe": "source", "train": {"epochs": 1}, "data": {"dataset": "x"}, "seed": 0}
     calls = []
 
     def train_fn(model):

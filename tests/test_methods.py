@@ -174,24 +174,37 @@ def test_dropout_is_not_switched_on(scene):
 
 @pytest.mark.slow
 def test_ttt_kd_with_oracle_teacher_raises_miou_on_shifted_target():
-    """End to end through the runner: joint-kd model with the oracle teacher, shifted target."""
+    """End to end through the runner: joint-kd model with the oracle teacher, shifted target.
+
+    Asserted as a paired statistic, not a gap: per-scene gains of TTT-KD over Source-Only (same model, same
+    scene) over 2 training seeds x 6 scenes, one-sided Wilcoxon signed-rank p < 0.01. The size of the gain
+    moves with the CPU type (measured: a 2-point gain on 3 scenes on Intel was 1.3 on AMD; seeds 0 and 1 here
+    gain 4.2 and 0.8 points), its sign on each scene did not (12 of 12 scenes positive here)."""
+    from scipy.stats import wilcoxon
+
     from bench.cell import run_cell
     from bench.grid import cell_id
 
-    base = {"grid": "t", "train_scenes": 8, "val_scenes": 0, "test_scenes": 3, "device": "cpu",
-            "features": ["color", "normal"], "lift_tol": 0.1, "data_options": {}, "recipe": "joint-kd",
-            "train_on": "source", "backbone": {"name": "spunet", "channels": [16, 32, 48]},
-            "teacher": {"name": "oracle", "noise": 0.3}, "source": "synth-scannet", "target": "synth-s3dis",
-            "seed": 0, "train_cfg": {"epochs": 8}}
-    rows = {}
-    for method, params in (("source", {}), ("ttt_kd", {"steps": 10, "lr": 1e-3})):
-        cell = {**base, "method": method, "label": method, "params": params}
-        cell["cell_id"] = cell_id(cell)
-        row, scenes = run_cell(cell)
-        assert row["status"] == "ok", row["error"]
-        rows[method] = row
-    assert rows["ttt_kd"]["steps_per_scene"] == 10
-    assert rows["ttt_kd"]["miou"] > rows["source"]["miou"] + 0.02, (rows["ttt_kd"]["miou"], rows["source"]["miou"])
+    gains = []
+    for seed in (0, 1):
+        base = {"grid": "t", "train_scenes": 8, "val_scenes": 0, "test_scenes": 6, "device": "cpu",
+                "features": ["color", "normal"], "lift_tol": 0.1, "data_options": {}, "recipe": "joint-kd",
+                "train_on": "source", "backbone": {"name": "spunet", "channels": [16, 32, 48]},
+                "teacher": {"name": "oracle", "noise": 0.3}, "source": "synth-scannet", "target": "synth-s3dis",
+                "seed": seed, "train_cfg": {"epochs": 8}}
+        per_scene = {}
+        for method, params in (("source", {}), ("ttt_kd", {"steps": 10, "lr": 1e-3})):
+            cell = {**base, "method": method, "label": method, "params": params}
+            cell["cell_id"] = cell_id(cell)
+            row, scenes = run_cell(cell)
+            assert row["status"] == "ok", row["error"]
+            per_scene[method] = [s["miou"] for s in scenes]
+            if method == "ttt_kd":
+                assert row["steps_per_scene"] == 10
+        gains += [b - a for a, b in zip(per_scene["source"], per_scene["ttt_kd"])]
+    assert len(gains) == 12
+    p = wilcoxon(gains, alternative="greater").pvalue
+    assert p < 0.01 and sum(g > 0 for g in gains) >= 10, (p, gains)
 
 
 # ---- fidelity rules of issue 13 (the algorithms themselves are pinned in test_method_reference.py)

@@ -38,3 +38,17 @@ def test_eval_classes_restrict_mean_and_points():
 def test_predicted_but_absent_class_counts_as_zero():
     c = confusion(np.array([1, 1]), np.array([0, 0]), 2)
     assert miou(c) == 0.0  # class 0: 0/2, class 1: 0/2
+
+
+def test_batched_miou_matches_the_single_matrix_rule():
+    from bench.stats import miou_batch
+
+    rng = np.random.default_rng(0)
+    confs = rng.integers(0, 5, size=(4, 3, 6, 6))
+    confs[0, 0] = 0  # no point at all: undefined
+    confs[1, 1, 2, :] = 0
+    confs[1, 1, :, 2] = 0  # class 2 absent from truth and prediction: excluded
+    for classes in (None, (0, 2, 3)):
+        got = miou_batch(confs, classes)
+        want = np.array([[miou(c, classes) for c in row] for row in confs])
+        assert np.allclose(got, want, equal_nan=True)

@@ -8,8 +8,9 @@ from PIL import Image
 
 from bench.data import get_dataset
 from bench.data.classes import CLASS_ID, IGNORE
+from bench.data.geometry import project, resize_intrinsic
+from bench.data.real import COLOR_CONSISTENCY_MIN, DEPTH_AGREEMENT_MIN, fit_view
 from bench.errors import BenchError
-from teachers.lift import project
 
 
 def _points(folder, label_file, labels, n=200, seed=0, label_shape=None):
@@ -24,7 +25,7 @@ def _points(folder, label_file, labels, n=200, seed=0, label_shape=None):
     return coord
 
 
-def _scannet_frames(fdir, n_frames=4, bad=(1,)):
+def _scannet_frames(fdir, n_frames=4, bad=(1,), name=str):
     """SensReader export: colour 1296x968 / depth 640x480 with their own intrinsics; camera at the origin
     looking along +z, so the fixture plane at z=3 fills the view."""
     for sub in ("color", "depth", "pose", "intrinsic"):
@@ -34,13 +35,13 @@ def _scannet_frames(fdir, n_frames=4, bad=(1,)):
     np.savetxt(fdir / "intrinsic" / "intrinsic_color.txt", kc)
     np.savetxt(fdir / "intrinsic" / "intrinsic_depth.txt", kd)
     for i in range(n_frames):
-        Image.fromarray(np.full((968, 1296, 3), 40 * i, np.uint8)).save(fdir / "color" / f"{i}.jpg")
-        Image.fromarray(np.full((480, 640), 3000, np.uint16)).save(fdir / "depth" / f"{i}.png")
+        Image.fromarray(np.full((968, 1296, 3), 30 * i % 256, np.uint8)).save(fdir / "color" / f"{name(i)}.jpg")
+        Image.fromarray(np.full((480, 640), 3000, np.uint16)).save(fdir / "depth" / f"{name(i)}.png")
         pose = np.eye(4)
         pose[0, 3] = 0.01 * i
         if i in bad:
             pose[:] = -np.inf
-        np.savetxt(fdir / "pose" / f"{i}.txt", pose)
+        np.savetxt(fdir / "pose" / f"{name(i)}.txt", pose)
 
 
 @pytest.fixture
@@ -65,7 +66,10 @@ def test_scannet_reading_mapping_and_views(scannet_root, caplog):
     with caplog.at_level(logging.INFO):
         s = ds.load("val/scene0002_00")
     assert len(s.views) == 3  # frame 1 had an inf pose
-    assert "skipped 1 of 4 frames" in caplog.text
+    assert "skipped 1 of 4 frames (1 non-finite (inf/NaN) pose:" in caplog.text and "pose/1.txt" in caplog.text
+    assert s.diagnostics["views"] == 3 and s.diagnostics["frames_skipped"] == 1
+    assert s.diagnostics["labelled"] == pytest.approx(0.6)
+    assert {"depth_agreement", "color_consistency"} <= set(s.diagnostics)
     v = s.views[0]
     assert v.image.shape == (240, 320, 3) and v.depth.shape == (240, 320)
     assert np.allclose(v.depth[100:140, 100:220], 3.0)  # depth resampled into the colour frame
@@ -130,7 +134,8 @@ def test_matterport_with_own_views_layout(tmp_path):
     ("label_range", "labels outside"),
     ("empty", "no points"),
     ("missing_label", "segment20.npy: file missing"),
-    ("missing_pose", "pose missing for frame"),
+    ("missing_intrinsic", "intrinsic_color.txt: file missing"),
+    ("no_usable_frame", "scene0002_00: none of the 4 frames is usable"),
     ("too_many", "asked for 5 train scenes"),
 ])
 def test_malformed_real_inputs(scannet_root, problem, message, monkeypatch):
@@ -147,8 +152,12 @@ def test_malformed_real_inputs(scannet_root, problem, message, monkeypatch):
             ds.scene_names("test")
         elif problem == "too_many":
             ds.scene_names("train", 5)
-        elif problem == "missing_pose":
-            (scannet_root / "frames" / "scene0002_00" / "pose" / "2.txt").unlink()
+        elif problem == "missing_intrinsic":
+            (scannet_root / "frames" / "scene0002_00" / "intrinsic" / "intrinsic_color.txt").unlink()
+            ds.load("val/scene0002_00")
+        elif problem == "no_usable_frame":
+            for p in (scannet_root / "frames" / "scene0002_00" / "pose").iterdir():
+                p.write_text("nan\n")
             ds.load("val/scene0002_00")
         else:
             if problem == "nan":
@@ -168,3 +177,122 @@ def test_malformed_real_inputs(scannet_root, problem, message, monkeypatch):
 def test_data_root_from_environment(scannet_root, monkeypatch):
     monkeypatch.setenv("TTT_BENCH_DATA_SCANNET", str(scannet_root))
     assert get_dataset("scannet").scene_names("val") == ["val/scene0002_00"]
+
+
+def test_scannet_bad_frames_are_skipped_and_counted(scannet_root, caplog):
+    """A malformed pose file (issue 17: `pose/11.txt` holding text), a missing pose, a missing depth map
+    and an unreadable colour image each cost one frame, counted and named in the log."""
+    fdir = scannet_root / "frames" / "scene0002_00"
+    _scannet_frames(fdir.parent / "big", n_frames=8, bad=())
+    import shutil
+
+    shutil.rmtree(fdir)
+    (fdir.parent / "big").rename(fdir)
+    (fdir / "pose" / "2.txt").write_text("this pose was never written\n")
+    (fdir / "pose" / "3.txt").unlink()
+    (fdir / "depth" / "4.png").unlink()
+    (fdir / "color" / "5.jpg").write_bytes(b"truncated")
+    (fdir / "pose" / "6.txt").write_text("1 2 3\n4 5 6\n")  # not 4x4
+    ds = get_dataset("scannet", root=str(scannet_root), frame_stride=1)
+    with caplog.at_level(logging.INFO):
+        s = ds.load("val/scene0002_00")
+    assert len(s.views) == 3 and s.diagnostics["frames_skipped"] == 5
+    assert "skipped 5 of 8 frames" in caplog.text
+    for bad in ("pose/2.txt", "pose/3.txt", "depth/4.png", "color/5.jpg", "pose/6.txt"):
+        assert bad in caplog.text
+    assert any(r.levelno == logging.WARNING and "skipped 5 of 8 frames" in r.getMessage() for r in caplog.records)
+
+
+def test_scannet_zero_padded_frame_names(scannet_root):
+    fdir = scannet_root / "frames" / "scene0002_00"
+    import shutil
+
+    shutil.rmtree(fdir)
+    _scannet_frames(fdir, bad=(), name=lambda i: f"{i:05d}")  # color/00000.jpg, pose/00000.txt, depth/00000.png
+    s = get_dataset("scannet", root=str(scannet_root), frame_stride=1).load("val/scene0002_00")
+    assert len(s.views) == 4
+    assert [float(v.cam_to_world[0, 3]) for v in s.views] == pytest.approx([0.0, 0.01, 0.02, 0.03])
+    # poses written without padding next to zero-padded colour images pair by frame number
+    for p in (fdir / "pose").iterdir():
+        p.rename(p.with_name(f"{int(p.stem)}.txt"))
+    assert len(get_dataset("scannet", root=str(scannet_root), frame_stride=1).load("val/scene0002_00").views) == 4
+
+
+def test_scannet_resize_uses_the_half_pixel_convention(scannet_root):
+    """Resizing 1296x968 frames to 320x240 scales the intrinsic like fit_view: pixel centres map as
+    u' + 0.5 = (u + 0.5) * w / w0 (without the half-pixel term points land ~0.4 px off)."""
+    s = get_dataset("scannet", root=str(scannet_root), frame_stride=1).load("val/scene0002_00")
+    kc = np.loadtxt(scannet_root / "frames" / "scene0002_00" / "intrinsic" / "intrinsic_color.txt")[:3, :3]
+    k = s.views[0].intrinsic
+    np.testing.assert_allclose(k, resize_intrinsic(kc, (968, 1296), (240, 320)), rtol=1e-6)
+    fitted = fit_view(np.zeros((968, 1296, 3), np.uint8), np.zeros((968, 1296), np.float32), kc, np.eye(4),
+                      (242, 324))  # the same scale factors through fit_view
+    np.testing.assert_allclose(fitted.intrinsic[0], resize_intrinsic(kc, (968, 1296), (242, 324))[0], rtol=1e-6)
+    # a point seen at the centre of original pixel (u, v) lands at the centre of the resized one
+    u0, v0 = 1000.0, 100.0
+    p = np.array([[(u0 - kc[0, 2]) / kc[0, 0] * 3, (v0 - kc[1, 2]) / kc[1, 1] * 3, 3.0]], np.float32)
+    u, v, _ = project(p, s.views[0])
+    assert u[0] == pytest.approx((u0 + 0.5) * 320 / 1296 - 0.5, abs=1e-3)
+    assert v[0] == pytest.approx((v0 + 0.5) * 240 / 968 - 0.5, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def synth_scene():
+    from bench.data.synth import generate_scene
+
+    return generate_scene("synth-s3dis", "test", 0, seed=0)
+
+
+def _scannet_from_synth(root, scene, images, k_color):
+    """A ScanNet scene built from a synthetic one: its points in Pointcept's layout, its views as
+    SensReader frames with colour images ``images`` and colour intrinsic ``k_color``."""
+    folder = root / "val" / "scene0005_00"
+    folder.mkdir(parents=True)
+    np.save(folder / "coord.npy", scene.coord)
+    np.save(folder / "color.npy", np.round(scene.color * 255).astype(np.uint8))
+    np.save(folder / "segment20.npy", np.zeros(scene.num_points, np.int16))
+    fdir = root / "frames" / "scene0005_00"
+    for sub in ("color", "depth", "pose", "intrinsic"):
+        (fdir / sub).mkdir(parents=True)
+    np.savetxt(fdir / "intrinsic" / "intrinsic_color.txt", k_color)
+    np.savetxt(fdir / "intrinsic" / "intrinsic_depth.txt", scene.views[0].intrinsic)
+    for i, (v, img) in enumerate(zip(scene.views, images)):
+        Image.fromarray(img).save(fdir / "color" / f"{i}.jpg", quality=95)
+        Image.fromarray(np.round(v.depth * 1000).astype(np.uint16)).save(fdir / "depth" / f"{i}.png")
+        np.savetxt(fdir / "pose" / f"{i}.txt", v.cam_to_world)
+    return get_dataset("scannet", root=str(root), frame_stride=1, image_size=(96, 128))
+
+
+def test_colour_consistency_catches_what_the_depth_check_cannot(tmp_path, synth_scene, caplog):
+    """A wrong colour intrinsic or colour images paired with the wrong poses leave the depth agreement
+    where it was (depth is resampled through the same intrinsic; depth and pose still belong together)
+    but drop the colour consistency below its threshold, with a warning naming the scene."""
+    images = [v.image for v in synth_scene.views]
+    k = synth_scene.views[0].intrinsic.astype(np.float64)
+    k_half = k.copy()
+    k_half[:2] *= 0.5  # the intrinsic of an image half the size
+    cases = {"correct": (images, k), "wrong intrinsic": (images, k_half),
+             "mispaired": (images[1:] + images[:1], k)}
+    diag, warned = {}, {}
+    for name, (imgs, kc) in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            s = _scannet_from_synth(tmp_path / name.replace(" ", "_"), synth_scene, imgs, kc).load("val/scene0005_00")
+        assert len(s.views) == len(synth_scene.views)
+        diag[name] = s.diagnostics
+        warned[name] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert diag["correct"]["color_consistency"] > COLOR_CONSISTENCY_MIN + 0.3
+    assert warned["correct"] == []
+    for name in ("wrong intrinsic", "mispaired"):
+        assert diag[name]["depth_agreement"] > DEPTH_AGREEMENT_MIN  # the depth check sees nothing wrong
+        assert diag[name]["depth_agreement"] == pytest.approx(diag["correct"]["depth_agreement"], abs=0.05)
+        assert diag[name]["color_consistency"] < COLOR_CONSISTENCY_MIN, name
+        assert len(warned[name]) == 1 and "scannet/val/scene0005_00: colour consistency" in warned[name][0]
+
+
+def test_all_ignore_scene_is_warned_by_name(scannet_root, caplog):
+    np.save(scannet_root / "train" / "scene0001_00" / "segment20.npy", np.full(200, 10, np.int16))  # picture
+    with caplog.at_level(logging.WARNING):
+        s = get_dataset("scannet", root=str(scannet_root)).load("train/scene0001_00")
+    assert s.diagnostics["labelled"] == 0.0
+    assert "scene0001_00/segment20.npy: every point is labelled ignore after mapping" in caplog.text

@@ -3,15 +3,16 @@ the tests write from a synthetic scene: its points in Pointcept's layout, its vi
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from bench.data import get_dataset
+from bench.data.geometry import project
 from bench.data.real import depth_agreement, fit_view, rotation_about_centre
 from bench.errors import BenchError
-from teachers.lift import project
 
 HOUSE = "17DRP5sb8fy"
 
@@ -74,6 +75,9 @@ def test_s3dis_2d3ds_views_aligned_and_lifted(s3dis_root, synth_scene, caplog):
     n = len(synth_scene.views)
     assert len(s.views) == n - 2  # NaN pose and missing image skipped, office_10 not mixed in
     assert f"skipped 2 of {n} 2D-3D-S frames" in caplog.text
+    assert "1 non-finite (inf/NaN) pose" in caplog.text and "1 image missing" in caplog.text
+    assert s.diagnostics["frames_skipped"] == 2 and s.diagnostics["views"] == n - 2
+    assert s.diagnostics["color_consistency"] > 0.8  # rotated into the points' frame: colours match
     assert "rotated by 90 degrees" in caplog.text
     kept = [v for i, v in enumerate(synth_scene.views) if i not in (1, 2)]
     for got, want in zip(s.views, kept):
@@ -100,6 +104,28 @@ def test_s3dis_2d3ds_views_aligned_and_lifted(s3dis_root, synth_scene, caplog):
         get_dataset("s3dis", root=str(root), align="sideways")
     with pytest.raises(BenchError, match="images folder .* is not a folder"):
         get_dataset("s3dis", root=str(root), images=str(root / "nope"))
+
+
+def test_s3dis_bad_frames_of_every_kind_are_skipped(tmp_path, synth_scene, caplog):
+    root = tmp_path / "s3dis"
+    _pointcept(root / "Area_5" / "office_1", synth_scene, synth_scene.coord)
+    data = _write_2d3ds(root / "2d3ds" / "area_5", "office_1", synth_scene.views[:5])
+    poses = sorted((data / "pose").iterdir())
+    stem = [p.name[: -len("pose.json")] for p in poses]
+    poses[0].write_text("{ not json")  # unreadable pose
+    poses[1].write_text(json.dumps({"camera_rt_matrix": [[1, 0, 0]], "camera_k_matrix": [[1]]}))  # wrong shapes
+    (data / "depth" / f"{stem[2]}depth.png").unlink()  # depth missing
+    (data / "rgb" / f"{stem[3]}rgb.png").write_bytes(b"truncated")  # unreadable image
+    ds = get_dataset("s3dis", root=str(root), frame_stride=1, image_size=(96, 128), align="none")
+    with caplog.at_level(logging.INFO):
+        s = ds.load("Area_5/office_1")
+    assert len(s.views) == 1 and s.diagnostics["frames_skipped"] == 4
+    assert "skipped 4 of 5 2D-3D-S frames" in caplog.text
+    for name in (poses[0].name, poses[1].name, f"{stem[2]}depth.png", f"{stem[3]}rgb.png"):
+        assert name in caplog.text
+    poses[4].write_text("[]")
+    with pytest.raises(BenchError, match="none of the 5 2D-3D-S frames is usable"):
+        ds.load("Area_5/office_1")
 
 
 def _write_matterport(house_dir, views, extra_lines=()):
@@ -133,7 +159,7 @@ def test_matterport_undistorted_views(tmp_path, synth_scene, caplog):
     ds = get_dataset("matterport3d", root=str(root), frame_stride=1, image_size=(96, 128))
     with caplog.at_level(logging.INFO):
         s = ds.load(f"test/{HOUSE}_region0")
-    assert "skipped 1 scans with non-finite poses" in caplog.text
+    assert "skipped 1 of 11 scans (1 non-finite (inf/NaN) pose" in caplog.text and ".conf:" in caplog.text
     assert len(s.views) == len(synth_scene.views)  # the far camera is not in this region
     for got, want in zip(s.views, synth_scene.views):
         assert np.allclose(got.cam_to_world, want.cam_to_world, atol=1e-5)
@@ -150,25 +176,48 @@ def test_matterport_undistorted_views(tmp_path, synth_scene, caplog):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("scan a.png b.jpg 1 2 3", r"\.conf:6: malformed line .*16 numbers"),
-    ("intrinsics_matrix 1 0 x 0 1 1 0 0 1", r"\.conf:6: malformed line"),
+    ("scan a.png b.jpg 1 2 3", r"1 malformed scan line: .*\.conf:6 \(expected 'scan DEPTH COLOR' and 16 numbers"),
+    ("scan a.png b.jpg " + " ".join(["x"] * 16), r"1 malformed scan line: .*\.conf:6 \(could not convert"),
 ])
-def test_matterport_malformed_conf(tmp_path, synth_scene, line, message):
+def test_matterport_malformed_conf_lines_are_skipped(tmp_path, synth_scene, line, message, caplog):
     root = tmp_path / "mp"
     _pointcept(root / "test" / f"{HOUSE}_region0", synth_scene, synth_scene.coord)
     house = root / "matterport" / HOUSE
-    _write_matterport(house, synth_scene.views[:1])
+    _write_matterport(house, synth_scene.views[:2])
     conf = house / "undistorted_camera_parameters" / f"{HOUSE}.conf"
     text = conf.read_text().splitlines()
     conf.write_text("\n".join(text[:5] + [line] + text[5:]) + "\n")
-    with pytest.raises(BenchError, match=message):
-        get_dataset("matterport3d", root=str(root)).load(f"test/{HOUSE}_region0")
+    with caplog.at_level(logging.INFO):
+        s = get_dataset("matterport3d", root=str(root), frame_stride=1).load(f"test/{HOUSE}_region0")
+    assert len(s.views) == 2 and s.diagnostics["frames_skipped"] == 1
+    assert re.search("skipped 1 of 3 scans \\(" + message, caplog.text)
+
+
+def test_matterport_scans_that_cannot_be_used(tmp_path, synth_scene, caplog):
+    root = tmp_path / "mp"
+    _pointcept(root / "test" / f"{HOUSE}_region0", synth_scene, synth_scene.coord)
+    house = root / "matterport" / HOUSE
+    _write_matterport(house, synth_scene.views[:2])
+    conf = house / "undistorted_camera_parameters" / f"{HOUSE}.conf"
+    text = conf.read_text().splitlines()
+    # a malformed intrinsics_matrix line: the scans under it (until the next one) have no intrinsic
+    conf.write_text("\n".join(text[:4] + ["intrinsics_matrix 1 0 x 0 1 1 0 0 1"] + text[5:]) + "\n")
+    with caplog.at_level(logging.INFO):
+        s = get_dataset("matterport3d", root=str(root), frame_stride=1).load(f"test/{HOUSE}_region0")
+    assert len(s.views) == 1
+    assert re.search(r"1 scan without intrinsics: .*\.conf:6 \(the intrinsics_matrix of line 5 is malformed",
+                     caplog.text)
     conf.write_text("\n".join(text) + "\n")
+    # a missing depth image costs its scan; when no scan is left the reader stops, naming the files
     (house / "undistorted_depth_images" / "pano00_d1_0.png").unlink()
-    with pytest.raises(BenchError, match="depth image missing for pano00_i1_0.jpg"):
-        get_dataset("matterport3d", root=str(root)).load(f"test/{HOUSE}_region0")
+    with caplog.at_level(logging.INFO):
+        assert len(get_dataset("matterport3d", root=str(root), frame_stride=1).load(f"test/{HOUSE}_region0").views) == 1
+    assert "pano00_d1_0.png: depth image missing for pano00_i1_0.jpg" in caplog.text
+    (house / "undistorted_color_images" / "pano01_i1_1.jpg").write_bytes(b"")
+    with pytest.raises(BenchError, match=r"none of the 2 scans is usable .*depth image missing.*pano01_i1_1.jpg"):
+        get_dataset("matterport3d", root=str(root), frame_stride=1).load(f"test/{HOUSE}_region0")
     # a house without camera parameters: no views, said in the log; TTT-KD cells then fail saying so
-    (house / "undistorted_camera_parameters" / f"{HOUSE}.conf").unlink()
+    conf.unlink()
     assert get_dataset("matterport3d", root=str(root)).load(f"test/{HOUSE}_region0").views == []
 
 

@@ -1,5 +1,6 @@
 """The runner with a tiny in-test method and dataset registered from the test itself."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.data.datasets import DATASETS, Dataset
 from bench.data.scene import Scene
@@ -18,7 +20,7 @@ from bench.grid import load_grid
 from bench.runner import run_grid
 from bench.store import ResultsStore
 from methods import METHODS
-from methods.base import Method, MethodConfig
+from methods.base import Method, MethodConfig, Needs
 
 
 class TinyDataset(Dataset):
@@ -95,7 +97,7 @@ def grid_file(tmp_path):
 def test_expansion_and_validation(tmp_path, grid_file):
     g = load_grid(str(grid_file))
     assert len(g.cells) == 4 * 3  # 4 pairs x (source + 2 bn_adapt priors)
-    assert len({c["cell_id"] for c in g.cells}) == 12
+    assert len({c.cell_id for c in g.cells}) == 12
     for bad, msg in [
         (GRID.replace('pairs = "all"', 'pairs = "all"\nfoo = 1'), "unknown key\\(s\\) foo"),
         (GRID.replace('name = "bn_adapt"', 'name = "bn_adapd"'), "unknown method 'bn_adapd'; valid names: .*bn_adapt"),
@@ -245,18 +247,17 @@ def test_ray_executor_matches_inprocess(tmp_path):
 
 
 def test_schedule_puts_each_models_first_cell_first(grid_file):
-    from bench.cell import model_key
     from bench.runner import schedule
 
     cells = load_grid(str(grid_file)).cells
     order = schedule(cells)
-    assert sorted(c["cell_id"] for c in order) == sorted(c["cell_id"] for c in cells)
-    keys = [model_key(c) for c in order]
+    assert sorted(c.cell_id for c in order) == sorted(c.cell_id for c in cells)
+    keys = [c.model_key() for c in order]
     n_models = len(set(keys))
     assert n_models == 2  # one source model per training dataset (tiny-a, tiny-b)
     assert len(set(keys[:n_models])) == n_models  # the trainings come first, side by side in a pool
-    rest = [c["cell_id"] for c in order[n_models:]]
-    assert rest == [c["cell_id"] for c in cells if c["cell_id"] in rest]  # the rest keep grid order
+    rest = [c.cell_id for c in order[n_models:]]
+    assert rest == [c.cell_id for c in cells if c.cell_id in rest]  # the rest keep grid order
 
 
 def test_auto_executor(monkeypatch):
@@ -272,3 +273,176 @@ def test_auto_executor(monkeypatch):
     assert make_executor("pool", workers=2).threads() == 2
     with pytest.raises(BenchError, match="unknown executor 'threads'; valid: auto"):
         make_executor("threads")
+
+
+# ------------------------------------------------------------------ cells, streams and the protocol
+class LabelledDataset(TinyDataset):
+    """TinyDataset whose scenes carry diagnostics, or whose labels are all ignore."""
+
+    def __init__(self, ignore: bool = False):
+        super().__init__(0.0)
+        self.name, self.ignore = ("tiny-ignore" if ignore else "tiny-diag"), ignore
+
+    def load(self, name, with_views=True):
+        s = super().load(name, with_views)
+        if self.ignore:
+            s.label[:] = -1
+        s.diagnostics = {"depth_agreement": 0.75, "n_views_used": 3}
+        return s
+
+
+DATASETS.register("tiny-diag", description="test dataset with diagnostics")(lambda **kw: LabelledDataset(False))
+DATASETS.register("tiny-ignore", description="test dataset, every label ignore")(lambda **kw: LabelledDataset(True))
+
+
+@dataclass
+class ProbeConfig(MethodConfig):
+    episodic: bool = False
+    same_output: bool = True  # set last_output (a constant prediction of class 1)
+
+
+@METHODS.register("probe", config=ProbeConfig)
+class Probe(Method):
+    """test method: records the protocol's calls; its adapting forward predicts class 1 everywhere"""
+
+    needs = Needs(source_scenes=2)
+    calls: list = []
+
+    def prepare(self, source):
+        Probe.calls.append(("prepare", len(source), [s.index for s in source]))
+
+    def adapt(self, inp):
+        Probe.calls.append(("adapt", inp.index))
+        if self.cfg.same_output:
+            out = torch.zeros(inp.batch.coord.shape[0], 12)
+            out[:, 1] = 1.0
+            self.last_output = out
+        return 0
+
+
+STREAM_GRID = """
+name = "stream"
+streams = [{ source = "tiny-a", target = [{ dataset = "tiny-b", scenes = 2 },
+                                         { dataset = "tiny-diag", split = "val", scenes = 1 }] }]
+backbones = [{ name = "spunet", channels = [8, 16], voxel_size = 0.2 }]
+train_scenes = 2
+val_scenes = 0
+[train]
+epochs = 1
+[[methods]]
+name = "source"
+[[methods]]
+name = "probe"
+predict = ["after", "same"]
+same_output = [true, false]
+"""
+
+
+def test_stream_segments_prepare_and_predict(tmp_path):
+    p = tmp_path / "stream.toml"
+    p.write_text(STREAM_GRID)
+    g = load_grid(str(p))
+    assert len(g.cells) == 5
+    Probe.calls.clear()
+    run_grid(g, tmp_path / "out")
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet").set_index("label")
+    scenes = pd.read_parquet(tmp_path / "out" / "scenes.parquet")
+    assert (cells["status"] == "ok").all(), cells["error"].tolist()
+    assert set(cells["target"]) == {"tiny-b>tiny-diag"} and (cells["n_segments"] == 2).all()
+    src = scenes[scenes["cell_id"] == cells.loc["source", "cell_id"]].sort_values("index")
+    assert src["index"].tolist() == [0, 1, 2] and src["segment"].tolist() == [0, 0, 1]
+    assert src["dataset"].tolist() == ["tiny-b", "tiny-b", "tiny-diag"] and src["split"].tolist()[-1] == "val"
+    # the scene's diagnostics become columns of its row
+    assert src["depth_agreement"].tolist()[-1] == 0.75 and np.isnan(src["depth_agreement"].tolist()[0])
+    # prepare gets needs.source_scenes clean source scenes once per cell, before the stream
+    preps = [c for c in Probe.calls if c[0] == "prepare"]
+    assert len(preps) == 4 and all(c[1] == 2 for c in preps)
+    assert [c[1] for c in Probe.calls[1:4]] == [0, 1, 2]
+    # predict = "same" reports the adapting forward's logits (class 1 everywhere); without them, a forward
+    probe = scenes[scenes["cell_id"].isin(cells.loc["probe", "cell_id"])].merge(
+        pd.read_parquet(tmp_path / "out" / "cells.parquet")[["cell_id", "predict", "params"]], on="cell_id")
+    same = probe[(probe["predict"] == "same") & probe["params"].str.contains("true")]
+    assert (same["predicted_by"] == "same").all() and (same["acc"] < 1).all()
+    assert (probe[probe["predict"] == "after"]["predicted_by"] == "after").all()
+    assert (probe[probe["params"].str.contains("false")]["predicted_by"] == "after").all()
+    rows = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert set(rows["predict"]) == {"after", "same"} and set(rows["role"]) == {"baseline", "method"}
+
+
+def test_all_ignore_target_is_an_error_not_nan(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text(GRID.replace('datasets = ["tiny-a", "tiny-b"]\npairs = "all"', 'pairs = ["tiny-a->tiny-ignore"]'))
+    run_grid(load_grid(str(p)), tmp_path / "out", only=["method=source"])
+    row = pd.read_parquet(tmp_path / "out" / "cells.parquet").iloc[0]
+    assert row["status"] == "error"
+    assert "tiny-ignore" in row["error"] and "test_0" in row["error"] and "no point is labelled" in row["error"]
+
+
+def test_cell_round_trips_through_plain_data_and_has_one_model_key(grid_file):
+    from bench.spec import Cell
+
+    for c in load_grid(str(grid_file)).cells:
+        back = Cell.from_dict(json.loads(json.dumps(c.to_dict())))
+        assert back == c and back.cell_id == c.cell_id and back.model_key() == c.model_key()
+    a, b = load_grid(str(grid_file)).cells[:2]
+    assert a.model_key() == b.model_key()  # source and bn_adapt on one pair share the source model
+
+
+def test_checkpoint_file_is_named_by_the_model_key(tmp_path, grid_file):
+    from bench.cache import cache_dir
+
+    g = load_grid(str(grid_file), {"only": ["method=source", "target=tiny-a", "source=tiny-a"]})
+    run_grid(g, tmp_path / "out")
+    assert (cache_dir() / "checkpoints" / f"{g.cells[0].model_key()}.pt").is_file()
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    bad = (GRID.replace("prior = [0.0, 0.5]", 'prior = "high"').replace("test_scenes = 2", "test_scenes = -3")
+           .replace("seeds = [0]", "seeds = [0]\nbogus = 1"))
+    p = tmp_path / "bad.toml"
+    p.write_text(bad)
+    with pytest.raises(BenchError) as e:
+        load_grid(str(p))
+    msg = str(e.value)
+    assert str(p) in msg and "3 problems" in msg
+    assert "unknown key(s) bogus" in msg and "test_scenes = -3 must be >= 1" in msg
+    assert "method 'bn_adapt'" in msg and "parameter 'prior' = 'high'" in msg and "expected float" in msg
+
+
+def test_steps_of_the_wrong_type_name_file_method_and_parameter(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text(GRID + '[[methods]]\nname = "tent"\nsteps = "five"\n')
+    with pytest.raises(BenchError, match=r"g\.toml: method 'tent'.*parameter 'steps' = 'five'.*expected int"):
+        load_grid(str(p))
+
+
+def test_overrides_are_applied_while_loading(tmp_path, grid_file):
+    from bench.grid import Overrides
+
+    g = load_grid(str(grid_file), Overrides(only=["method=bn_adapt", "prior=0.5"],
+                                            data_roots={"tiny-a": str(tmp_path)}))
+    assert len(g.cells) == 4 and all(c.params["prior"] == 0.5 for c in g.cells)
+    assert all(c.data_options["tiny-a"]["root"] == str(tmp_path) for c in g.cells)
+    assert len(load_grid(str(grid_file), Overrides(only=["prior=0.5"])).cells) == 4  # cells without it: no match
+    with pytest.raises(BenchError, match="unknown key 'priorr'"):
+        load_grid(str(grid_file), Overrides(only=["priorr=0.5"]))
+    with pytest.raises(BenchError, match="matches none of the grid's 12 cells"):
+        load_grid(str(grid_file), Overrides(only=["method=tent"]))
+    with pytest.raises(BenchError, match="no cell of this grid uses teacher 'dinov2'"):
+        load_grid(str(grid_file), Overrides(teacher_weights={"dinov2": "random-init"}))
+    with pytest.raises(BenchError, match="no cell of this grid reads dataset 'scannet'"):
+        load_grid(str(grid_file), Overrides(data_roots={"scannet": str(tmp_path)}))
+
+
+def test_reference_folder_is_never_resumed_by_a_plain_run(tmp_path, grid_file):
+    g = load_grid(str(grid_file), {"only": ["method=source", "target=tiny-a", "source=tiny-a"]})
+    ref = tmp_path / "ref"
+    run_grid(g, ref, reference=True)
+    assert (ref / "REFERENCE").is_file() and not (ref / ".lock").exists()
+    with pytest.raises(BenchError, match="holds reference results.*--reference"):
+        run_grid(g, ref)
+    assert run_grid(g, ref, reference=True)["ran"] == 0  # a reference run may resume its own folder
+    mode = (ref / "cells.parquet").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask

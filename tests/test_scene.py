@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,14 +62,44 @@ def test_malformed_inputs_name_the_file(tmp_path, tiny_scene, problem, message):
     assert str(d) in str(e.value)
 
 
-def test_views_with_invalid_pose_are_skipped_and_missing_pose_fails(tmp_path, tiny_scene):
-    tiny_scene.views = [_view(), _view()]
+def test_bad_views_are_skipped_and_counted_and_no_usable_view_fails(tmp_path, tiny_scene, caplog):
+    from bench.data.scene import FrameSkips
+
+    tiny_scene.views = [_view() for _ in range(6)]
     d = write_scene(tiny_scene, tmp_path / "s")
-    (d / "views" / "00001_pose.txt").write_text("inf inf inf inf\n" * 4)
-    assert len(read_scene(d, "test").views) == 1
-    (d / "views" / "00000_pose.txt").unlink()
-    with pytest.raises(BenchError, match="00000_pose.txt: pose missing"):
+    v = d / "views"
+    (v / "00001_pose.txt").write_text("inf inf inf inf\n" * 4)  # non-finite pose
+    (v / "00002_pose.txt").write_text("this is not a pose\n")  # unreadable pose
+    (v / "00003_depth.png").unlink()  # depth missing
+    (v / "00004.png").write_bytes(b"not a png")  # unreadable image
+    skips = FrameSkips("s")
+    with caplog.at_level(logging.INFO):
+        views = read_scene(d, "test").views
+        from bench.data.scene import read_views
+
+        assert len(read_views(v, skips)) == 2
+    assert len(views) == 2
+    assert skips.count == 4 and set(skips.reasons) == {"non-finite (inf/NaN) pose", "unreadable pose",
+                                                       "depth missing", "unreadable image or depth"}
+    assert "skipped 4 of 6 views" in caplog.text
+    for name in ("00001_pose.txt", "00002_pose.txt", "00003_depth.png", "00004.png"):
+        assert name in caplog.text  # the log names every bad file
+    (v / "00000_pose.txt").unlink()
+    (v / "00005_depth.png").write_bytes(b"")
+    with pytest.raises(BenchError, match="views: none of the 6 views is usable .*00000_pose.txt"):
         read_scene(d, "test")
+    (v / "intrinsic.txt").unlink()
+    with pytest.raises(BenchError, match="intrinsic.txt: file missing"):
+        read_scene(d, "test")
+
+
+def test_scene_diagnostics_default_and_all_ignore_warning(tmp_path, tiny_scene, caplog):
+    assert tiny_scene.diagnostics == {}
+    tiny_scene.label[:] = -1
+    d = write_scene(tiny_scene, tmp_path / "s")
+    with caplog.at_level(logging.WARNING):
+        read_scene(d, "test")
+    assert "segment.npy: every point is labelled ignore" in caplog.text
 
 
 def test_depth_of_another_resolution_is_resized(tmp_path, tiny_scene):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bench.data.classes import NUM_CLASSES
-from bench.data.corrupt import CORRUPTIONS
+from bench.data.corrupt import CORRUPTIONS, corrupt
 from bench.data.synth import DOMAINS, generate_scene
 from teachers.lift import project
 
@@ -59,10 +59,8 @@ def test_domains_differ(scene):
 
 @pytest.mark.parametrize("name", CORRUPTIONS.names())
 def test_corruption_severity_is_monotone(scene, name):
-    fn = CORRUPTIONS.get(name).factory
-
     def effect(s):
-        c = fn(scene, s, seed=1)
+        c = corrupt(name, scene, s, seed=1)
         if c.num_points != scene.num_points:
             return abs(c.num_points - scene.num_points)
         return float(np.abs(c.coord - scene.coord).mean() + np.abs(c.color - scene.color).mean())
@@ -74,7 +72,7 @@ def test_corruption_severity_is_monotone(scene, name):
 
 def test_rigid_corruptions_keep_views_consistent(scene):
     for name in ("rotation", "scale"):
-        c = CORRUPTIONS.get(name).factory(scene, 3, seed=0)
+        c = corrupt(name, scene, 3, seed=0)
         s = float(np.linalg.norm(c.coord[1] - c.coord[0]) / np.linalg.norm(scene.coord[1] - scene.coord[0]))
         seen_before = sum(project(scene.coord, v, tol=0.1)[2].sum() for v in scene.views)
         seen_after = sum(project(c.coord, v, tol=0.1 * s)[2].sum() for v in c.views)  # depths scale by s
@@ -115,3 +113,40 @@ def test_box_culling_changes_no_hit():
         t, b, n = raycast(o, d, [x[keep] for x in boxes[:3]])
         assert torch.equal(t, t_all) and torch.equal(keep[b][torch.isfinite(t)], b_all[torch.isfinite(t_all)])
         assert torch.equal(n[torch.isfinite(t)], n_all[torch.isfinite(t_all)])
+
+
+def test_registry_contract_configs_and_unknown_options(tmp_path):
+    """Every dataset and corruption is registered with a config dataclass and built from it; unknown
+    dataset options are rejected listing the valid ones."""
+    import dataclasses
+
+    from bench.data import DATASETS, dataset_config, get_dataset
+    from bench.errors import BenchError
+    from bench.registry import make_config
+
+    for entry in DATASETS.entries() + CORRUPTIONS.entries():
+        if entry.name.startswith("tiny-"):  # registered by another test module
+            continue
+        assert entry.config is not None and dataclasses.is_dataclass(entry.config), entry.name
+        make_config(entry, {}, "x")  # every option has a default
+    with pytest.raises(BenchError, match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: root, seed"):
+        get_dataset("synth-s3dis", sed=1)
+    with pytest.raises(BenchError, match=r"dataset 'scannet' has no parameter 'frame_cont'.*parameters: frame_count"):
+        get_dataset("scannet", root=str(tmp_path), frame_cont=3)
+    cfg = dataset_config("synth-s3dis:jitter@2", {"seed": 3})
+    ds = get_dataset("synth-s3dis:jitter@2", cfg=cfg)
+    assert ds.base.seed == 3 and ds.name == "synth-s3dis:jitter@2"
+    # the scene cache key of the synthetic world is unchanged by the package split
+    assert get_dataset("synth-s3dis").fingerprint() == {"dataset": "synth-s3dis", "seed": 0, "generator": 3}
+    assert get_dataset("synth-s3dis").root.name == "synth-s3dis-v3-s0"
+    with pytest.raises(BenchError, match="must have 5 values"):
+        make_config(CORRUPTIONS.get("jitter"), {"sigma": [0.1, 0.2]}, "corruption")
+
+
+def test_no_import_from_data_up_into_teachers():
+    """bench/data sits below teachers/: importing it must not import teachers."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.data; assert not [m for m in sys.modules if m.startswith('teachers')], 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

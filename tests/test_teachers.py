@@ -75,27 +75,29 @@ def test_real_teacher_architectures_at_random_init(spec, dim, grid):
 
 def test_missing_weights_say_which_file(monkeypatch):
     monkeypatch.delenv("TTT_BENCH_WEIGHTS", raising=False)
-    with pytest.raises(BenchError, match="dinov2_vitb14.pth.*TTT_BENCH_WEIGHTS.*random-init"):
+    with pytest.raises(BenchError, match="TTT_BENCH_WEIGHTS.*dinov2_vitb14_pretrain.pth.*dinov2_vitb14_reg4_pretrain"
+                                         ".pth.*random-init"):
         build_teacher({"name": "dinov2", "variant": "b"})
     with pytest.raises(BenchError, match="not found"):
         build_teacher({"name": "sam", "weights": "/nonexistent/sam.pth"})
+    with pytest.raises(BenchError, match="variant 'x' unknown; valid: auto, s, b, l, g"):
+        build_teacher({"name": "dinov2", "variant": "x"})
 
 
-def test_weights_load_from_local_file(tmp_path):
-    import timm
+def test_teacher_factories_follow_the_config_contract():
+    """Every entry has a config dataclass; its factory takes cfg= and device= keywords only."""
+    import dataclasses
+    import inspect
 
-    net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, depth=1, embed_dim=24,
-                            num_heads=2)
-    torch.save(net.state_dict(), tmp_path / "w.pth")
-    t = build_teacher({"name": "dinov2", "weights": str(tmp_path / "w.pth"), "short_side": 28,
-                       "model_kwargs": {"depth": 1, "embed_dim": 24, "num_heads": 2}})
-    assert t.weights_id != "random-init"
-    for a, b in zip(t.net.state_dict().values(), net.state_dict().values()):
-        assert torch.equal(a, b)
-    bad = {"name": "dinov2", "weights": str(tmp_path / "w.pth"), "model_kwargs": {"depth": 2, "embed_dim": 24,
-                                                                                   "num_heads": 2}}
-    with pytest.raises(BenchError, match="does not fit"):
-        build_teacher(bad)
+    from teachers import TEACHERS
+
+    for e in TEACHERS.entries():
+        assert dataclasses.is_dataclass(e.config), e.name
+        assert "device" not in {f.name for f in dataclasses.fields(e.config)}, e.name
+        params = inspect.signature(e.factory).parameters
+        assert list(params) == ["cfg", "device"] and all(p.kind is p.KEYWORD_ONLY for p in params.values()), e.name
+    with pytest.raises(BenchError, match="has no parameter 'size'.*valid parameters"):
+        build_teacher({"name": "oracle", "size": 3})
 
 
 def test_synth2d_and_oracle_on_a_synthetic_scene():

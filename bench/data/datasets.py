@@ -1,20 +1,26 @@
-"""The dataset registry and the synthetic datasets.
+"""The dataset registry, the ``Dataset`` interface and dataset specs.
 
 A dataset spec is ``NAME`` or ``NAME:CORRUPTION@SEVERITY`` (e.g. ``synth-scannet:jitter@3``): the
 corruption is applied to every scene the dataset yields, deterministically per scene.
+
+Every dataset is registered with ``config=`` (a dataclass of all its options, with defaults) and a
+factory called as ``factory(cfg=cfg)``. Options (a grid's ``[data_options.NAME]``, ``--data-root``)
+are validated by ``dataset_config``: an unknown option raises a BenchError listing the valid ones.
+The synthetic domains register in ``bench.data.synth.dataset``, the real datasets in
+``bench.data.real``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from bench.cache import cache_dir, file_lock, stable_hash
+from bench.cache import stable_hash
 from bench.data.classes import NUM_CLASSES
-from bench.data.scene import Scene, read_scene, write_scene
+from bench.data.scene import Scene
 from bench.errors import BenchError
-from bench.registry import Registry
+from bench.registry import Registry, make_config
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +80,12 @@ class DatasetSpec:
 class CorruptedDataset(Dataset):
     """A dataset whose scenes pass through one corruption at one severity."""
 
-    def __init__(self, base: Dataset, corruption: str, severity: int):
+    def __init__(self, base: Dataset, corruption: str, severity: int, cfg: Any = None):
         from bench.data.corrupt import CORRUPTIONS
 
         self.base, self.corruption, self.severity = base, corruption, severity
-        self.fn = CORRUPTIONS.get(corruption).factory
+        self.entry = CORRUPTIONS.get(corruption)
+        self.cfg = make_config(self.entry, {}, "corruption") if cfg is None else cfg
         self.name = f"{base.name}:{corruption}@{severity}"
         self.classes, self.has_views = base.classes, base.has_views
 
@@ -90,7 +97,8 @@ class CorruptedDataset(Dataset):
 
     def load(self, name, with_views=True):
         scene = self.base.load(name, with_views)
-        out = self.fn(scene, self.severity, seed=int(stable_hash([self.name, name], 8), 16))
+        out = self.entry.factory(cfg=self.cfg, scene=scene, severity=self.severity,
+                                 seed=int(stable_hash([self.name, name], 8), 16))
         out.dataset = self.name
         return out.validate(num_classes=NUM_CLASSES)
 
@@ -98,83 +106,22 @@ class CorruptedDataset(Dataset):
         return {**self.base.fingerprint(), "corruption": self.corruption, "severity": self.severity}
 
 
-def get_dataset(spec: str, **options) -> Dataset:
-    """Build a dataset from its spec; ``options`` go to the base dataset's factory (e.g. data_root)."""
+def dataset_config(spec: str | DatasetSpec, options: dict[str, Any] | None = None):
+    """The validated config of a spec's base dataset from ``options`` (unknown keys raise, listing the
+    valid ones; TOML lists become tuples)."""
+    base = (spec if isinstance(spec, DatasetSpec) else DatasetSpec.parse(spec)).base
+    return make_config(DATASETS.get(base), dict(options or {}), "dataset")
+
+
+def get_dataset(spec: str, *, cfg: Any = None, **options) -> Dataset:
+    """Build a dataset from its spec and either its built ``cfg`` or its ``options`` (e.g. ``root=...``)."""
     ds = DatasetSpec.parse(spec)
-    base = DATASETS.build(ds.base, **options)
+    entry = DATASETS.get(ds.base)
+    if cfg is None:
+        cfg = dataset_config(ds, options)
+    elif options:
+        raise BenchError(f"dataset '{spec}': pass either cfg or options, not both (got {sorted(options)})")
+    elif entry.config is not None and not isinstance(cfg, entry.config):
+        raise BenchError(f"dataset '{spec}': cfg must be a {entry.config.__name__}, got {type(cfg).__name__}")
+    base = entry.factory(cfg=cfg)
     return base if ds.corruption is None else CorruptedDataset(base, ds.corruption, ds.severity)
-
-
-# ------------------------------------------------------------------------------- synthetic datasets
-class SynthDataset(Dataset):
-    """A synthetic domain: scenes generated on first use into the cache, then read from disk."""
-
-    def __init__(self, domain: str, seed: int = 0, root: str | Path | None = None):
-        from bench.data import synth
-
-        self.synth = synth
-        self.domain = synth.DOMAINS[domain]
-        self.name, self.seed, self.classes = domain, seed, self.domain.classes
-        self.root = Path(root) if root else cache_dir() / "scenes" / f"{domain}-v{synth.GENERATOR_VERSION}-s{seed}"
-
-    def scene_names(self, split: str, count: int | None = None) -> list[str]:
-        self._check_split(split)
-        n = 8 if count is None else count
-        if n > self.synth.SPLIT_SIZES[split]:
-            raise BenchError(f"{self.name}: at most {self.synth.SPLIT_SIZES[split]} {split} scenes, asked {n}")
-        return [f"{split}_{i:04d}" for i in range(n)]
-
-    def path(self, name: str) -> Path:
-        return self.root / name
-
-    def ensure(self, names: list[str], workers: int = 1) -> None:
-        """Generate the scenes of ``names`` that are not on disk yet (in parallel if workers > 1)."""
-        missing = [n for n in names if not (self.path(n) / "coord.npy").is_file()]
-        if not missing:
-            return
-        log.info("%s: generating %d scenes into %s", self.name, len(missing), self.root)
-        if workers > 1 and len(missing) > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(workers) as ex:
-                list(ex.map(_generate_in_worker, [(self.name, self.seed, str(self.root), n) for n in missing]))
-        else:
-            for n in missing:
-                _generate_one((self.name, self.seed, str(self.root), n))
-
-    def load(self, name: str, with_views: bool = True) -> Scene:
-        self.ensure([name])
-        return read_scene(self.path(name), self.name, "segment.npy", None, NUM_CLASSES, with_views)
-
-    def fingerprint(self):
-        return {"dataset": self.name, "seed": self.seed, "generator": self.synth.GENERATOR_VERSION}
-
-
-def _generate_in_worker(args) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    _generate_one(args)
-
-
-def _generate_one(args) -> None:
-    from bench.data import synth
-
-    domain, seed, root, name = args
-    path = Path(root) / name
-    with file_lock(Path(root) / f".{name}.lock"):
-        if (path / "coord.npy").is_file():
-            return
-        split, _, idx = name.partition("_")
-        write_scene(synth.generate_scene(domain, split, int(idx), seed), path)
-
-
-def _register_synth(domain: str, text: str) -> None:
-    @DATASETS.register(domain, description=text)
-    def _factory(*, seed: int = 0, root: str | None = None, **_ignored) -> SynthDataset:
-        return SynthDataset(domain, seed, root)
-
-
-_register_synth("synth-scannet", "synthetic ScanNet-like domain: small homes, no ceiling, noisy RGB-D scans")
-_register_synth("synth-s3dis", "synthetic S3DIS-like domain: large offices, ceilings, dense clean scans")
-_register_synth("synth-matterport", "synthetic Matterport3D-like domain: varied home rooms, rich palettes")

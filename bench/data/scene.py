@@ -65,6 +65,9 @@ class Scene:
     label: np.ndarray  # (N,) int64, -1 = ignore
     normal: np.ndarray | None = None  # (N,3) float32
     views: list[View] = field(default_factory=list)
+    # what the reader measured about this scene (real data: depth_agreement, color_consistency, views,
+    # frames_skipped, labelled); copied into the scene's result rows
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
     @property
     def num_points(self) -> int:
@@ -187,6 +190,10 @@ def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.nda
             raise BenchError(f"{folder / label_file}: {int(bad.sum())} labels outside [-1, {len(label_map) - 1}] "
                              f"(e.g. {int(label[bad][0])}); is this the right dataset/label file?")
         label = np.where(label < 0, -1, label_map[np.clip(label, 0, None)])
+    if (label < 0).all():
+        log.warning("%s: every point is labelled ignore%s, so this scene scores nothing; check the label file "
+                    "and the dataset's class mapping (`bench list`)", folder / label_file,
+                    "" if label_map is None else " after mapping to the shared classes")
     return coord.astype(np.float32), color, normal, label
 
 
@@ -224,35 +231,95 @@ def read_matrix(path: Path, shape=(4, 4)) -> np.ndarray:
     return m.astype(np.float32)
 
 
-def read_views(vdir: Path) -> list[View]:
-    """Read the ``views/`` folder of the scene layout; views with a non-finite pose are skipped (logged)."""
+NON_FINITE_POSE = "non-finite (inf/NaN) pose"
+
+
+class FrameSkips:
+    """The frames a reader skipped, by reason, naming the first files of each reason.
+
+    Readers never stop on one bad frame: they call ``skip`` and go on, then ``report`` logs one line
+    (a warning when something other than a non-finite pose was skipped: those are normal in ScanNet)
+    and ``check_any`` raises a BenchError naming the folder and the first bad files when no frame at
+    all was usable.
+    """
+
+    def __init__(self, where: str | Path):
+        self.where = str(where)
+        self.reasons: dict[str, list[str]] = {}
+
+    def skip(self, path: str | Path, reason: str, detail: object = None) -> None:
+        text = str(detail or "").removeprefix(f"{path}: ")  # BenchErrors start with the file they name
+        self.reasons.setdefault(reason, []).append(f"{path}" + (f" ({text})" if text else ""))
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.reasons.values())
+
+    def summary(self, per_reason: int = 2) -> str:
+        parts = []
+        for reason, files in self.reasons.items():
+            more = f", +{len(files) - per_reason} more" if len(files) > per_reason else ""
+            parts.append(f"{len(files)} {reason}: {'; '.join(files[:per_reason])}{more}")
+        return " | ".join(parts)
+
+    def report(self, total: int, kind: str = "frames") -> None:
+        if not self.count:
+            return
+        level = logging.INFO if set(self.reasons) == {NON_FINITE_POSE} else logging.WARNING
+        log.log(level, "%s: skipped %d of %d %s (%s)", self.where, self.count, total, kind, self.summary())
+
+    def check_any(self, usable: int, total: int, kind: str = "frames") -> None:
+        if total and not usable:
+            raise BenchError(f"{self.where}: none of the {total} {kind} is usable ({self.summary(3)}); "
+                             "re-export them or remove the folder")
+
+
+def read_views(vdir: Path, skips: FrameSkips | None = None) -> list[View]:
+    """Read the ``views/`` folder of the scene layout. A view whose pose or depth is missing,
+    unreadable or non-finite, or whose image cannot be read, is skipped and counted in ``skips``
+    (logged); ``intrinsic.txt`` missing, or no usable view at all, raises a BenchError."""
     if not vdir.is_dir():
         return []
+    skips = skips if skips is not None else FrameSkips(vdir)
     intrinsic = read_matrix(vdir / "intrinsic.txt", (3, 3))
     stems = sorted(p.stem for p in vdir.iterdir() if p.suffix in (".png", ".jpg") and p.stem.isdigit())
-    views, skipped = [], 0
+    views = []
     for s in stems:
         img_path = vdir / f"{s}.png" if (vdir / f"{s}.png").is_file() else vdir / f"{s}.jpg"
         pose_path, depth_path = vdir / f"{s}_pose.txt", vdir / f"{s}_depth.png"
         if not pose_path.is_file():
-            raise BenchError(f"{pose_path}: pose missing for view {img_path.name}; export it or delete the view")
-        if not depth_path.is_file():
-            raise BenchError(f"{depth_path}: depth missing for view {img_path.name}; export it or delete the view")
-        pose = read_matrix(pose_path)
-        if not np.isfinite(pose).all():
-            skipped += 1
+            skips.skip(pose_path, "pose missing")
             continue
-        image = read_image(img_path)
-        depth = read_depth(depth_path, image.shape[:2])
+        if not depth_path.is_file():
+            skips.skip(depth_path, "depth missing")
+            continue
+        try:
+            pose = read_matrix(pose_path)
+        except BenchError as e:
+            skips.skip(pose_path, "unreadable pose", e)
+            continue
+        if not np.isfinite(pose).all():
+            skips.skip(pose_path, NON_FINITE_POSE)
+            continue
+        try:
+            image = read_image(img_path)
+            depth = read_depth(depth_path, image.shape[:2])
+        except BenchError as e:
+            skips.skip(img_path, "unreadable image or depth", e)
+            continue
         label = None
         lab_path = vdir / f"{s}_label.png"
         if lab_path.is_file():
-            with Image.open(lab_path) as im:
-                lab = np.asarray(im, dtype=np.int64)
+            try:
+                with Image.open(lab_path) as im:
+                    lab = np.asarray(im, dtype=np.int64)
+            except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+                skips.skip(lab_path, "unreadable label map", e)
+                continue
             label = np.where(lab == 255, -1, lab)
         views.append(View(image, depth, intrinsic, pose, label))
-    if skipped:
-        log.info("%s: skipped %d views with invalid (inf/NaN) poses", vdir, skipped)
+    skips.report(len(stems), "views")
+    skips.check_any(len(views), len(stems), "views")
     return views
 
 

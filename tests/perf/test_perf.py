@@ -1,5 +1,8 @@
 """Speed benchmarks (pytest-benchmark). Normal test runs execute each once (--benchmark-disable in
-pyproject); measure with ``python -m pytest tests/perf --benchmark-enable``."""
+pyproject); measure with ``python -m pytest tests/perf --benchmark-enable``. Nothing here asserts a
+time: the numbers are tracked (``--benchmark-autosave`` / ``--benchmark-compare``), and the parts of
+a TTT-KD step and a cell's harness overhead are recorded in each benchmark's ``extra_info``.
+One torch thread, so numbers do not depend on what else the machine runs on its other cores."""
 
 import numpy as np
 import pytest
@@ -8,6 +11,14 @@ import torch
 from backbones.batch import make_batch
 from backbones.model import ModelSpec, build_model
 from backbones.pointnet import knn
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +61,40 @@ def test_ttt_kd_step(benchmark, scene):
     assert np.isfinite(benchmark(step))
 
 
+def test_ttt_kd_step_breakdown(benchmark, scene):
+    """The TTT-KD step's parts (bench/profile.py); medians go to extra_info, and the parts add up to the step."""
+    from bench.profile import STEP_PARTS, profile_ttt_step
+
+    b = benchmark.pedantic(profile_ttt_step, args=(scene, "cpu", 3), rounds=1, iterations=1)
+    for p in STEP_PARTS:
+        benchmark.extra_info[f"{p}_s"] = b[p]["median"]
+        assert b[p]["median"] >= 0, p
+    parts = sum(b[p]["median"] for p in STEP_PARTS)
+    assert 0.5 * b["total"]["median"] < parts < 1.5 * b["total"]["median"]  # sum of medians vs median of sums
+
+
+def test_cell_harness_overhead(benchmark):
+    """One smoke TTT-KD cell with warm caches: the cell's wall time, and what is not model compute
+    (adaptation, prediction, teacher features, training if it happened) goes to extra_info."""
+    from bench.cell import run_cell
+    from bench.grid import load_grid
+
+    cells = [c for c in load_grid("smoke").cells if c.method == "ttt_kd" and c.source == c.target]
+    cell = {**cells[0].to_dict(), "test_scenes": 2}  # run_cell resolves the plain form
+    row, _ = run_cell(cell)  # warm-up: trains the model and fills the caches
+    assert row["status"] == "ok", row.get("error")
+
+    row, scenes = benchmark.pedantic(run_cell, args=(cell,), rounds=2, iterations=1)
+    assert row["status"] == "ok" and len(scenes) == 2 and np.isfinite(row["miou"])
+    n = len(scenes)
+    compute = (row["adapt_s_per_scene"] + row["infer_s_per_scene"]) * n + row["teacher_s"]
+    compute += row["train_s"] if row["checkpoint_cache"] != "hit" else 0.0
+    benchmark.extra_info.update(cell_s=row["cell_seconds"], compute_s=compute,
+                                overhead_s=row["cell_seconds"] - compute,
+                                overhead_share=(row["cell_seconds"] - compute) / row["cell_seconds"])
+    assert compute <= row["cell_seconds"]
+
+
 def test_knn(benchmark):
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(20000, 3, generator=g) * torch.tensor([6.0, 5.0, 3.0])
@@ -70,3 +115,38 @@ def test_scene_generation(benchmark):
 
     s = benchmark.pedantic(generate_scene, args=("synth-matterport", "test", 0, 0), rounds=1, iterations=1)
     assert s.num_points > 1000
+
+
+def test_profile_threads_never_exceed_free_cores(monkeypatch):
+    import os
+
+    from bench import profile as prof
+    from bench.errors import BenchError
+
+    monkeypatch.setattr(prof, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.0, 1.0))  # another process keeps ~2 cores busy
+    assert prof.choose_threads(2) == 1 and prof.choose_threads(None) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.1, 0.1))
+    assert prof.choose_threads(2) == 2 and prof.choose_threads(None) == 1  # one thread unless asked
+    with pytest.raises(BenchError, match="at least 1"):
+        prof.choose_threads(0)
+
+
+def test_profile_reports_median_spread_and_parts():
+    import io
+
+    from rich.console import Console
+
+    from bench.profile import STEP_PARTS, TRAIN_PARTS, profile
+
+    before = torch.get_num_threads()
+    buf = io.StringIO()
+    out = profile("cpu", 2, Console(file=buf, width=200), threads=1, backbones=("spunet",))
+    torch.set_num_threads(before)
+    assert out["threads"] == 1 and out["repeats"] == 2
+    r = out["backbones"][0]
+    assert r["ttt_step_s"]["n"] == 2 and r["ttt_step_s"]["min"] <= r["ttt_step_s"]["median"] <= r["ttt_step_s"]["max"]
+    assert set(STEP_PARTS) <= set(out["ttt_step"]) and set(TRAIN_PARTS) <= set(out["train_step"])
+    assert out["ttt_step"]["rulebook"]["median"] > 0 and out["train_step"]["backward"]["median"] > 0
+    text = buf.getvalue()
+    assert "rulebook" in text and "25-75 %" in text and "1 torch thread(s)" in text

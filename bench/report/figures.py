@@ -1,0 +1,277 @@
+"""Figures as a small registry: each entry says whether it applies to a results folder and draws
+itself from the rows' columns (roles, ``p_<param>`` columns, teacher, target spec, cost), so a new
+method or grid needs no edit here. ``draw`` returns (file stem, figure) pairs; each is saved as PNG
+and SVG with a tight bounding box, so no label is cut at the edge.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.data.classes import CLASSES  # noqa: E402
+from bench.data.datasets import DatasetSpec  # noqa: E402
+from bench.report.frame import Results, natural  # noqa: E402
+
+ROLE_STYLE = {"baseline": ("k", "s"), "method": (None, "o"), "control": ("grey", "^")}
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    name: str
+    applies: Callable[[Results], bool]
+    draw: Callable[[Results], Iterator[tuple[str, plt.Figure]]]
+
+
+FIGURES: list[FigureEntry] = []
+
+
+def figure(name: str, applies: Callable[[Results], bool]):
+    def deco(draw):
+        FIGURES.append(FigureEntry(name, applies, draw))
+        return draw
+
+    return deco
+
+
+def save(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "svg"):
+        p = out / f"{stem}.{ext}"
+        fig.savefig(p, dpi=130, bbox_inches="tight", pad_inches=0.1)
+        paths.append(p)
+    plt.close(fig)
+    return paths
+
+
+def figures(res: Results, out: Path) -> list[Path]:
+    written: list[Path] = []
+    for entry in FIGURES:
+        if entry.applies(res):
+            for stem, fig in entry.draw(res):
+                written += save(fig, out, stem)
+    return written
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_")
+
+
+# ----------------------------------------------------------------------------- parameter curves
+def _numeric(v) -> float | None:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or isinstance(v, bool):
+        return None
+    if v == "all":
+        return np.inf
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _varied(res: Results) -> list[tuple[str, str]]:
+    """(parameter, label) where the rows of one label take two or more numeric values of it."""
+    out = []
+    for col in [c for c in res.cells.columns if c.startswith("p_")]:
+        for label, g in res.cells.groupby("label"):
+            xs = {_numeric(v) for v in g[col]}
+            xs.discard(None)
+            if len(xs) >= 2:
+                out.append((col[2:], label))
+    return out
+
+
+@figure("parameter curves", lambda res: bool(_varied(res)))
+def param_curves(res: Results):
+    """mIoU and adaptation cost against every numeric parameter a grid varies, per pair."""
+    varied = _varied(res)
+    for param, label in varied:
+        stem = f"fig_{_slug(param)}" + ("" if sum(p == param for p, _ in varied) == 1 else f"_{_slug(label)}")
+        sub = res.cells[res.cells["label"] == label].copy()
+        sub["x"] = sub[f"p_{param}"].map(_numeric)
+        sub = sub[sub["x"].notna()]
+        xs = sorted(sub["x"].unique())
+        pos = {x: i for i, x in enumerate(xs)}
+        ticks = ["all" if not np.isfinite(x) else f"{x:g}" for x in xs]
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+        base = res.cells[res.cells["role"] == "baseline"]
+        for i, ((src, tgt), g) in enumerate(sub.groupby(["source", "target"])):
+            m = g.groupby("x")["miou"].agg(["mean", "std"]).sort_index()
+            px = [pos[x] for x in m.index]
+            ax.errorbar(px, 100 * m["mean"], yerr=100 * m["std"].fillna(0), marker="o", capsize=3, color=f"C{i}",
+                        label=f"{src} → {tgt}")
+            b = base[(base["source"] == src) & (base["target"] == tgt)]["miou"]
+            if len(b):
+                ax.axhline(100 * b.mean(), color=f"C{i}", ls="--", lw=0.8)
+            t = g.groupby("x")["adapt_s_per_scene"].mean().sort_index()
+            ax2.plot([pos[x] for x in t.index], t.values, marker="s", color=f"C{i}")
+        for a in (ax, ax2):
+            a.set_xticks(range(len(xs)), ticks)
+            a.set_xlabel(param)
+            a.grid(alpha=0.3)
+        ax.set_ylabel("mIoU (%) (dashed: Source-Only)")
+        ax2.set_ylabel("adaptation seconds per scene")
+        ax.set_title(f"{label}: mIoU against {param}")
+        ax2.set_title(f"{label}: cost against {param}")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8)
+        yield stem, fig
+
+
+# --------------------------------------------------------------------------------------- teachers
+def _teachers(res: Results) -> pd.DataFrame:
+    return res.cells[res.cells["teacher"].str.len() > 0]
+
+
+@figure("teachers", lambda res: _teachers(res)["teacher"].nunique() > 1)
+def teachers(res: Results):
+    g = _teachers(res).groupby(["label", "teacher"])["miou"].mean().unstack()
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    (100 * g).plot.bar(ax=ax, rot=0)
+    ax.set_ylabel("mIoU (%) (mean over pairs and seeds)")
+    ax.set_xlabel("")
+    ax.set_title("mIoU by teacher")
+    ax.legend(fontsize=7, title="teacher")
+    ax.grid(alpha=0.3, axis="y")
+    yield "fig_teachers", fig
+
+
+# ---------------------------------------------------------------------------------- cost (Pareto)
+def place_labels(xy: np.ndarray, size: tuple[float, float], radius: float = 9.0) -> np.ndarray:
+    """Greedy placement of equal-size labels next to points (display coordinates): for each point
+    the first candidate offset, on rings of growing radius, whose box overlaps no label placed
+    before and no marker. Returns the label centres."""
+    w, h = size
+    placed: list[tuple[float, float]] = []
+    out = np.zeros_like(xy, dtype=float)
+    angles = np.deg2rad([45, 135, 315, 225, 90, 270, 0, 180, 22, 158, 338, 202, 68, 112, 292, 248])
+
+    def free(cx, cy):
+        if any(abs(cx - px) < w and abs(cy - py) < h for px, py in placed):
+            return False
+        return not any(abs(cx - x) < w / 2 + 3 and abs(cy - y) < h / 2 + 3 for x, y in xy)
+
+    for i, (x, y) in enumerate(xy):
+        best = None
+        for ring in range(1, 12):
+            for a in angles:
+                cx, cy = x + ring * radius * np.cos(a), y + ring * radius * np.sin(a)
+                if free(cx, cy):
+                    best = (cx, cy)
+                    break
+            if best:
+                break
+        best = best or (x + radius, y + radius)
+        placed.append(best)
+        out[i] = best
+    return out
+
+
+@figure("accuracy against cost", lambda res: len(res.order) > 1)
+def pareto(res: Results):
+    """Mean mIoU over pairs against adaptation + prediction seconds per scene; points are numbered,
+    the numbers placed so that they do not overlap, and the legend beside the axes names them."""
+    c = res.cells
+    g = c.groupby("row").agg(miou=("miou", "mean"), a=("adapt_s_per_scene", "mean"), i=("infer_s_per_scene", "mean"))
+    g = g.loc[[r for r in res.order if r in g.index]]
+    t = (g["a"] + g["i"]).clip(lower=1e-4)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5), layout="constrained")
+    handles = []
+    for k, (r, x, y) in enumerate(zip(g.index, t, 100 * g["miou"]), start=1):
+        color, marker = ROLE_STYLE[res.roles[r]]
+        h = ax.scatter([x], [y], s=30, marker=marker, color=color or f"C{(k - 1) % 10}", zorder=3,
+                       label=f"{k}  {r}")
+        handles.append(h)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per scene (adapt + predict, log scale)")
+    ax.set_ylabel("mIoU (%) (mean over pairs and seeds)")
+    ax.set_title("accuracy against cost")
+    ax.grid(alpha=0.3)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 0.04 * (hi - lo), hi + 0.04 * (hi - lo))
+    xl = ax.get_xlim()
+    ax.set_xlim(xl[0] / 1.3, xl[1] * 1.3)
+    fig.legend(handles=handles, loc="outside right upper", fontsize=7, frameon=False,
+               title="baseline ■, methods ●, controls ▲", title_fontsize=7)
+    fig.canvas.draw()  # fixes the layout, so the label positions below hold in the saved figure
+    pts = ax.transData.transform(np.column_stack([t.to_numpy(), 100 * g["miou"].to_numpy()]))
+    centres = place_labels(pts, (16.0, 11.0))
+    inv = ax.transData.inverted()
+    for k, ((px, py), (cx, cy)) in enumerate(zip(pts, centres), start=1):
+        dx, dy = inv.transform((cx, cy))
+        ax.annotate(str(k), xy=inv.transform((px, py)), xytext=(dx, dy), ha="center", va="center", fontsize=7,
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="0.5", shrinkA=0, shrinkB=2), annotation_clip=False)
+    fig.set_layout_engine("none")  # keep the axes where the labels were placed
+    yield "fig_pareto", fig
+
+
+# ----------------------------------------------------------------------------------- corruptions
+def _corrupted(res: Results) -> pd.DataFrame:
+    cr = res.cells[res.cells["target"].str.contains(":")].copy()
+    specs = cr["target"].map(DatasetSpec.parse)
+    cr["corruption"] = specs.map(lambda d: d.corruption)
+    cr["severity"] = specs.map(lambda d: d.severity)
+    cr["base"] = specs.map(lambda d: d.base)
+    return cr
+
+
+@figure("corruption severity", lambda res: res.cells["target"].str.contains(":").any())
+def corruptions(res: Results):
+    cr = _corrupted(res)
+    kinds = sorted(cr["corruption"].unique())
+    ncol = min(4, len(kinds))
+    nrow = -(-len(kinds) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow + 0.8), squeeze=False, sharey=True,
+                             layout="constrained")
+    rows = [r for r in res.order if r in set(cr["row"])]
+    for ax, k in zip(axes.flat, kinds):
+        for i, r in enumerate(rows):
+            g = cr[(cr["corruption"] == k) & (cr["row"] == r)]
+            m = g.groupby("severity")["miou"].mean()
+            ax.plot(m.index, 100 * m.values, marker="o", color=f"C{i % 10}", label=r)
+        ax.set_title(k)
+        ax.set_xlabel("severity")
+        ax.set_xticks(sorted(cr["severity"].unique()))
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mIoU (%)")
+    for ax in list(axes.flat)[len(kinds):]:
+        ax.axis("off")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(4, len(rows)),
+               fontsize=9)
+    bases = sorted({f"{src} model on corrupted {b}" for src, b in zip(cr["source"], cr["base"])})
+    fig.suptitle("mIoU against corruption severity" + (f" ({bases[0]})" if len(bases) == 1 else ""))
+    yield "fig_corruptions", fig
+
+
+# -------------------------------------------------------------------------------- per-class IoU
+def _iou_cols(res: Results) -> list[str]:
+    return [f"iou_{c}" for c in CLASSES if f"iou_{c}" in res.cells and res.cells[f"iou_{c}"].notna().any()]
+
+
+@figure("per-class IoU", lambda res: bool(_iou_cols(res)))
+def per_class(res: Results):
+    cols = _iou_cols(res)
+    hm = res.cells.groupby("row")[cols].mean()
+    hm = hm.loc[[r for r in res.order if r in hm.index]]
+    fig, ax = plt.subplots(figsize=(2.5 + 0.7 * len(cols), 1.2 + 0.3 * len(hm)), layout="constrained")
+    im = ax.imshow(100 * hm.values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cols)), [c[4:] for c in cols], rotation=45, ha="right")
+    ax.set_yticks(range(len(hm)), list(hm.index), fontsize=7)
+    for (i, j), v in np.ndenumerate(100 * hm.values):
+        if np.isfinite(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w" if v < 60 else "k")
+    fig.colorbar(im, ax=ax, label="IoU (%)")
+    ax.set_title("per-class IoU (mean over cells)")
+    yield "fig_per_class_iou", fig
+
+
+__all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "save"]

@@ -1,0 +1,351 @@
+"""A cell: one unit of work of a grid, resolved once, typed and frozen.
+
+A cell's *plain form* is the JSON-able dict that a grid expands to (method, its parameters as the
+grid's method table wrote them, recipe, backbone and teacher tables, source, target, scene counts,
+seed, device, ...). ``resolve`` turns it into a :class:`Cell` with validated config objects for every
+axis, the target as a stream of segments, and what the cell needs (teacher, lifting, source scenes)
+derived from the method's ``needs`` and the recipe's declaration. ``Cell.to_dict``/``Cell.from_dict``
+round-trip through the plain form, which is what process pools and Ray carry, and ``cell_id`` is a
+hash of it (minus grid name and label), so it is the same wherever the cell is resolved.
+
+The target is a *stream*: an ordered list of :class:`Segment` (dataset spec, split, scene count). A
+classic source->target pair is one segment of the target's test split; its plain form keeps the
+``target`` string and ``test_scenes`` count (as before streams existed, so cell ids are unchanged).
+Longer streams write ``target`` as a list of segment tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from bench.cache import stable_hash
+from bench.errors import BenchError
+
+SPLITS = ("train", "val", "test")
+PREDICT = ("after", "same")  # when the prediction is taken: a separate forward after adapting, or the adapting one
+# per-cell settings that a method table may also set (they are not method parameters)
+CELL_SETTINGS = ("views", "lift_tol", "predict")
+DEFAULTS = {"views": "all", "lift_tol": 0.1, "predict": "after", "split": "test", "test_scenes": 8,
+            "train_scenes": 16, "val_scenes": 2, "features": ("color", "normal"), "device": "cpu"}
+DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A part of a target stream: ``scenes`` scenes (0 = all) of ``split`` of dataset spec ``dataset``."""
+
+    dataset: str
+    split: str = "test"
+    scenes: int = 8
+
+    @property
+    def spec(self):
+        from bench.data.datasets import DatasetSpec
+
+        return DatasetSpec.parse(self.dataset)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "split": self.split, "scenes": self.scenes}
+
+
+@dataclass(frozen=True)
+class Lift:
+    """How teacher features are lifted onto the points: which views, and the depth tolerance (m)."""
+
+    views: int | str = "all"
+    tol: float = 0.1
+
+
+@dataclass(frozen=True)
+class Cell:
+    grid: str
+    label: str
+    method: str
+    params: dict[str, Any]  # the method's parameters as written (crossed), without cell settings
+    method_cfg: Any  # the method's config dataclass instance
+    needs: Any  # methods.base.Needs of the method
+    recipe: str
+    train_cfg: dict[str, Any]  # the grid's [train] table as written
+    recipe_cfg: Any
+    recipe_teacher: bool  # the recipe trains with a teacher (a 2D-feature projector head)
+    recipe_mae: bool  # the recipe trains a reconstruction head
+    train_on: str  # "source" or "target" (the Oracle control)
+    backbone: dict[str, Any]  # {name, params...} as written
+    backbone_cfg: Any
+    teacher: dict[str, Any] | None  # {name, params...} as written, None when the cell uses none
+    teacher_cfg: Any
+    source: str
+    stream: tuple[Segment, ...]
+    seed: int
+    device: str
+    features: tuple[str, ...]
+    train_scenes: int
+    val_scenes: int
+    lift: Lift
+    predict: str
+    data_options: dict[str, dict]  # per base dataset name
+    identity: dict[str, Any]  # the plain form minus grid and label: what can change the numbers
+    cell_id: str
+
+    # -- derived facts, each decided here once
+    @property
+    def uses_teacher(self) -> bool:
+        """The cell needs a teacher: its method reads teacher features or its model's recipe trains with one."""
+        return self.teacher is not None
+
+    @property
+    def method_uses_teacher(self) -> bool:
+        return bool(self.needs.teacher)
+
+    @property
+    def episodic(self) -> bool:
+        return bool(getattr(self.method_cfg, "episodic", True))
+
+    @property
+    def target(self) -> str:
+        """The target as one label: the dataset spec of a one-segment stream, else the segments joined by '>'."""
+        if len(self.stream) == 1:
+            return self.stream[0].dataset
+        return ">".join(s.dataset for s in self.stream)
+
+    @property
+    def test_scenes(self) -> int:
+        return sum(s.scenes for s in self.stream)
+
+    def training_data(self) -> str:
+        """The dataset spec the cell's model is trained on: the source, or the (uncorrupted) target
+        for models trained on the target (the Oracle control)."""
+        if self.train_on == "target":
+            return self.stream[0].spec.base
+        return self.source
+
+    def data_options_for(self, spec: str) -> dict:
+        from bench.data.datasets import DatasetSpec
+
+        return dict(self.data_options.get(DatasetSpec.parse(spec).base, {}))
+
+    def model_identity(self) -> dict:
+        """Everything that defines the cell's trained model (cells with equal identities share one)."""
+        from backbones.model import MODEL_CODE_VERSION
+
+        teacher = None
+        if self.recipe_teacher:
+            teacher = {"name": self.teacher["name"], **_plain_cfg(self.teacher_cfg, drop=("device",))}
+        data = self.training_data()
+        return {"backbone": self.backbone["name"], "backbone_cfg": _plain_cfg(self.backbone_cfg),
+                "features": list(self.features), "recipe": self.recipe, "train": _plain_cfg(self.recipe_cfg),
+                "kd": teacher, "mae": self.recipe_mae, "data": data, "data_options": self.data_options_for(data),
+                "n_train": self.train_scenes, "seed": self.seed, "code": MODEL_CODE_VERSION}
+
+    def model_key(self) -> str:
+        """The one model key: the scheduler groups cells by it and the checkpoint cache names files by it."""
+        return stable_hash(self.model_identity(), 24)
+
+    def to_dict(self) -> dict:
+        return {"grid": self.grid, "label": self.label, **json.loads(json.dumps(self.identity))}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Cell:
+        return resolve(d)
+
+
+def _plain_cfg(cfg: Any, drop: tuple[str, ...] = ()) -> dict:
+    if cfg is None:
+        return {}
+    d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    return json.loads(json.dumps({k: v for k, v in d.items() if k not in drop}, default=str))
+
+
+def cell_id(plain: dict) -> str:
+    """A cell's id: a hash of its plain form without grid name, label and id (everything that can
+    change its numbers). The per-scene random generators are seeded from it."""
+    return stable_hash({k: v for k, v in plain.items() if k not in ("grid", "label", "cell_id")})
+
+
+def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segment, ...]:
+    """``target`` as a stream: a dataset spec string (one test segment of ``test_scenes`` scenes) or
+    a list of tables {dataset, split = "test", scenes = test_scenes}."""
+    default_n = DEFAULTS["test_scenes"] if test_scenes is None else test_scenes
+    if isinstance(target, str):
+        return (Segment(target, "test", _count(default_n, f"{where}: test_scenes")),)
+    if isinstance(target, list) and target:
+        out = []
+        for i, seg in enumerate(target):
+            if isinstance(seg, str):
+                seg = {"dataset": seg}
+            if not isinstance(seg, dict) or "dataset" not in seg:
+                raise BenchError(f"{where}: stream segment {i + 1} must be a dataset spec or a table with "
+                                 f"'dataset' (and optional 'split', 'scenes'), got {seg!r}")
+            bad = sorted(set(seg) - {"dataset", "split", "scenes"})
+            if bad:
+                raise BenchError(f"{where}: stream segment {i + 1} has unknown key(s) {', '.join(bad)}; "
+                                 "valid keys: dataset, split, scenes")
+            split = seg.get("split", "test")
+            if split not in SPLITS:
+                raise BenchError(f"{where}: stream segment {i + 1}: split {split!r} unknown; "
+                                 f"valid: {', '.join(SPLITS)}")
+            if not isinstance(seg["dataset"], str):
+                raise BenchError(f"{where}: stream segment {i + 1}: dataset must be a dataset spec string")
+            out.append(Segment(seg["dataset"], split, _count(seg.get("scenes", default_n),
+                                                              f"{where}: stream segment {i + 1} scenes")))
+        return tuple(out)
+    raise BenchError(f"{where}: target must be a dataset spec or a non-empty list of segments, got {target!r}")
+
+
+def stream_plain(stream: tuple[Segment, ...]) -> tuple[Any, int | None]:
+    """The plain form of a stream: (target, test_scenes); one test segment keeps the classic layout."""
+    if len(stream) == 1 and stream[0].split == "test":
+        return stream[0].dataset, stream[0].scenes
+    return [s.to_dict() for s in stream], None
+
+
+def _count(v: Any, what: str, minimum: int = 0) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise BenchError(f"{what} = {v!r} must be a whole number")
+    if v < minimum:
+        raise BenchError(f"{what} = {v} must be >= {minimum}" + (" (0 = all)" if minimum == 0 else ""))
+    return v
+
+
+def check_views(v: Any, where: str) -> int | str:
+    if v == "all" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return v
+    raise BenchError(f"{where}: views = {v!r} must be a number of views >= 1 or \"all\"")
+
+
+def check_tol(v: Any, where: str) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+        return float(v)
+    raise BenchError(f"{where}: lift_tol = {v!r} must be a positive number (metres)")
+
+
+def check_predict(v: Any, where: str) -> str:
+    if v in PREDICT:
+        return v
+    raise BenchError(f"{where}: predict = {v!r} must be one of {', '.join(repr(p) for p in PREDICT)}")
+
+
+def resolve(plain: dict, where: str = "cell") -> Cell:
+    """The typed, validated cell of a plain form. Raises BenchError naming ``where`` and the bad value."""
+    from backbones import BACKBONES, RECIPES
+    from backbones.batch import FEATURES
+    from bench.data import DATASETS
+    from bench.data.corrupt import CORRUPTIONS
+    from bench.data.datasets import DatasetSpec
+    from bench.registry import make_config
+    from methods import METHODS
+    from methods.base import Needs
+    from teachers import TEACHERS
+
+    d = dict(plain)
+    try:
+        entry = METHODS.get(d["method"])
+    except KeyError:
+        raise BenchError(f"{where}: no 'method'") from None
+    mwhere = f"{where}: method '{d['method']}'"
+    table = dict(d.get("params") or {})
+    settings = {k: table.pop(k) for k in CELL_SETTINGS if k in table}
+    method_cfg = _wrap(where, make_config, entry, table, "method")
+    needs = getattr(entry.factory, "needs", Needs())
+    recipe = d.get("recipe") or needs.recipe
+    recipe_entry = _wrap(mwhere, RECIPES.get, recipe)
+    train_cfg = dict(d.get("train_cfg") or {})
+    recipe_cfg = _wrap(f"{where}: [train]", make_config, recipe_entry, train_cfg, "recipe")
+    recipe_teacher = bool(recipe_entry.extra.get("teacher"))
+    train_on = d.get("train_on", "source")
+    if train_on not in ("source", "target"):
+        raise BenchError(f"{mwhere}: train_on must be 'source' or 'target', got {train_on!r}")
+
+    bb = d.get("backbone")
+    bb = {"name": bb} if isinstance(bb, str) else dict(bb or {})
+    bb_entry = _wrap(where, BACKBONES.get, bb.get("name", ""))
+    backbone_cfg = _wrap(where, make_config, bb_entry, {k: v for k, v in bb.items() if k != "name"}, "backbone")
+    teacher = d.get("teacher")
+    if isinstance(teacher, str):
+        teacher = {"name": teacher}
+    teacher_cfg = None
+    if uses_teacher(needs, recipe):
+        if not teacher:
+            raise BenchError(f"{mwhere} (recipe {recipe}) needs a teacher; add a 'teachers' list")
+        t_entry = _wrap(where, TEACHERS.get, teacher.get("name", ""))
+        teacher_cfg = _wrap(where, make_config, t_entry, {k: v for k, v in teacher.items() if k != "name"}, "teacher")
+    elif teacher:
+        raise BenchError(f"{mwhere}: uses no teacher, but the cell names teacher {teacher.get('name')!r}")
+
+    source = d.get("source")
+    if not isinstance(source, str):
+        raise BenchError(f"{where}: source must be a dataset spec string, got {source!r}")
+    stream = parse_stream(d.get("target"), d.get("test_scenes"), where)
+    for spec in [source] + [s.dataset for s in stream]:
+        ds = DatasetSpec.parse(spec)
+        _wrap(where, DATASETS.get, ds.base)
+        if ds.corruption:
+            _wrap(where, CORRUPTIONS.get, ds.corruption)
+    if DatasetSpec.parse(source).corruption:
+        raise BenchError(f"{where}: source '{source}' is corrupted; corruptions apply to targets only")
+    if train_on == "target" and len({s.spec.base for s in stream}) > 1:
+        raise BenchError(f"{mwhere}: train_on = 'target' needs a stream of one dataset, got {stream}")
+
+    data_options = d.get("data_options") or {}
+    if not isinstance(data_options, dict) or not all(isinstance(v, dict) for v in data_options.values()):
+        raise BenchError(f"{where}: data_options must be tables [data_options.DATASET], got {data_options!r}")
+    for name, opts in data_options.items():
+        ds_entry = _wrap(f"{where}: [data_options.{name}]", DATASETS.get, name)
+        _wrap(f"{where}: [data_options.{name}]", make_config, ds_entry, opts, "dataset")
+
+    features = d.get("features", list(DEFAULTS["features"]))
+    if not isinstance(features, list) or not features or any(f not in FEATURES for f in features):
+        raise BenchError(f"{where}: features = {features!r} must be a non-empty list of {', '.join(FEATURES)}")
+    device = d.get("device", DEFAULTS["device"])
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise BenchError(f"{where}: device = {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    seed = d.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BenchError(f"{where}: seed = {seed!r} must be a whole number")
+    lift = Lift(check_views(settings.get("views", d.get("views", DEFAULTS["views"])), where),
+                check_tol(settings.get("lift_tol", d.get("lift_tol", DEFAULTS["lift_tol"])), where))
+    predict = check_predict(settings.get("predict", d.get("predict", DEFAULTS["predict"])), where)
+    identity = {k: v for k, v in d.items() if k not in ("grid", "label", "cell_id")}
+    return Cell(
+        grid=str(d.get("grid", "")), label=str(d.get("label", d["method"])), method=d["method"], params=table,
+        method_cfg=method_cfg, needs=needs, recipe=recipe, train_cfg=train_cfg, recipe_cfg=recipe_cfg,
+        recipe_teacher=recipe_teacher, recipe_mae=bool(recipe_entry.extra.get("mae")), train_on=train_on,
+        backbone=bb, backbone_cfg=backbone_cfg, teacher=teacher if teacher_cfg is not None else None,
+        teacher_cfg=teacher_cfg,
+        source=source, stream=stream, seed=seed, device=device, features=tuple(features),
+        train_scenes=_count(d.get("train_scenes", DEFAULTS["train_scenes"]), f"{where}: train_scenes"),
+        val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes"),
+        lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()},
+        identity=identity, cell_id=cell_id(identity))
+
+
+def uses_teacher(needs, recipe: str) -> bool:
+    """Does a cell use a teacher? Decided here only: its method's ``needs.teacher``, or a recipe whose
+    declaration (``teacher=True`` at registration) trains with lifted teacher features."""
+    from backbones import RECIPES
+
+    return bool(needs.teacher) or (recipe in RECIPES and bool(RECIPES.get(recipe).extra.get("teacher")))
+
+
+def _wrap(where: str, fn, *args):
+    try:
+        return fn(*args)
+    except BenchError as e:
+        raise BenchError(f"{where}: {e}") from None
+
+
+def describe(cell: Cell) -> str:
+    """A one-line human description of a cell (logs, dry runs)."""
+    shown = dict(cell.params)
+    if cell.lift.views != "all" and cell.uses_teacher:
+        shown["views"] = cell.lift.views
+    if cell.predict != "after":
+        shown["predict"] = cell.predict
+    params = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    t = f" [{cell.teacher['name']}]" if cell.teacher else ""
+    return (f"{cell.label}{'(' + params + ')' if params else ''}{t} {cell.backbone['name']} "
+            f"{cell.source}->{cell.target} s{cell.seed}")

@@ -1,0 +1,334 @@
+"""The report (rows by role and configuration, significance groups, ranks, matched-cost table, one
+table writer, the figure registry) and ``bench compare``, on synthetic results and on a committed
+reference folder."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from bench import stats
+from bench.compare import SINGLE_SEED_TOL, compare, compare_frames, default_reference
+from bench.data.classes import NUM_CLASSES
+from bench.errors import BenchError
+from bench.metrics import miou
+from bench.report import Results, column_stats, cost_matched_table, main_table, make_report, stats_table
+from bench.report.figures import FIGURES, figure, figures, place_labels
+from bench.report.frame import with_roles
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = next((p for p in (REPO / "results" / "reference" / "id_ood", REPO / "results" / "id_ood")
+                  if (p / "cells.parquet").is_file()), None)
+
+
+def _conf(q: float) -> list[int]:
+    """A 2-class (wall, floor) confusion of 200 points with a fraction q right per class."""
+    c = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    tp = int(round(100 * q))
+    c[0, 0], c[0, 1], c[1, 1], c[1, 0] = tp, 100 - tp, tp, 100 - tp
+    return c.reshape(-1).tolist()
+
+
+def row(label, method="tent", quality=0.5, recipe="source", train_on="source", teacher="", params=None,
+        backbone="spunet", adapt_s=0.1, noise=0.0):
+    return dict(label=label, method=method, quality=quality, recipe=recipe, train_on=train_on, teacher=teacher,
+                params=params or {}, backbone=backbone, adapt_s=adapt_s, noise=noise)
+
+
+def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_column=True, seed=0):
+    """Cells and scenes frames: each row's per-scene accuracy is ``quality`` (a float or a function of
+    (source, target, seed)) plus seeded noise of size ``noise`` per scene."""
+    rng = np.random.default_rng(seed)
+    cells, scene_rows = [], []
+    for spec in rows:
+        for (src, tgt) in pairs:
+            for s in seeds:
+                q0 = spec["quality"](src, tgt, s) if callable(spec["quality"]) else spec["quality"]
+                cid = f"{spec['label']}|{json.dumps(spec['params'])}|{spec['backbone']}|{src}|{tgt}|{s}"
+                confs = []
+                for i in range(scenes):
+                    q = float(np.clip(q0 + spec["noise"] * rng.standard_normal(), 0, 1))
+                    conf = _conf(q)
+                    confs.append(np.asarray(conf).reshape(NUM_CLASSES, NUM_CLASSES))
+                    scene_rows.append(dict(cell_id=cid, scene=f"test_{i:04d}", index=i, n_points=200,
+                                           miou=miou(confs[-1], (0, 1)), conf=conf))
+                cell = dict(cell_id=cid, status="ok", error="", miou=miou(np.sum(confs, 0), (0, 1)),
+                            eval_classes="wall,floor", method=spec["method"], label=spec["label"],
+                            params=json.dumps(spec["params"]), episodic=True, recipe=spec["recipe"],
+                            train_on=spec["train_on"], teacher=spec["teacher"], backbone=spec["backbone"],
+                            backbone_cfg=json.dumps({"name": spec["backbone"]}), source=src, target=tgt, seed=s,
+                            n_train=8, n_test=scenes, features="color", train_cfg="{}",
+                            steps_per_scene=1.0, adapt_s_per_scene=spec["adapt_s"], infer_s_per_scene=0.1,
+                            teacher_s=0.0, peak_mem_mb=10.0, mem_kind="cpu_rss_delta")
+                cells.append(cell)
+    cells = pd.DataFrame(cells)
+    if role_column:
+        cells = with_roles(cells)
+    return cells, pd.DataFrame(scene_rows)
+
+
+def results(*a, **k) -> Results:
+    return Results.from_frames(*fake(*a, **k))
+
+
+BASE = row("Source-Only", "source", 0.5, adapt_s=0.0)
+
+
+# ------------------------------------------------------------------------------------- statistics
+def test_holm_matches_hand_computation():
+    # sorted p: 0.01*3=0.03, 0.02*2=0.04, 0.04*1=0.04 (monotone); NaN ignored
+    assert np.allclose(stats.holm([0.04, 0.01, np.nan, 0.02])[[0, 1, 3]], [0.04, 0.03, 0.04])
+    assert np.isnan(stats.holm([0.04, 0.01, np.nan, 0.02])[2])
+    assert stats.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_bootstrap_over_seeds_and_scenes_covers_the_estimate_and_narrows_with_more_scenes():
+    rng = np.random.default_rng(0)
+
+    def confs(seeds, scenes):
+        return np.stack([[np.asarray(_conf(0.5 + 0.2 * rng.standard_normal())).reshape(NUM_CLASSES, NUM_CLASSES)
+                          for _ in range(scenes)] for _ in range(seeds)])
+
+    few, many = confs(2, 6), confs(3, 60)
+    for c in (few, many):
+        lo, hi = stats.bootstrap_ci(c, (0, 1))
+        est = np.mean([miou(s.sum(0), (0, 1)) for s in c])
+        assert lo < est < hi
+    assert np.subtract(*stats.bootstrap_ci(many, (0, 1))[::-1]) < np.subtract(*stats.bootstrap_ci(few, (0, 1))[::-1])
+
+
+def test_top_group_keeps_ties_and_drops_a_clearly_worse_candidate():
+    rng = np.random.default_rng(1)
+    best = 0.5 + 0.05 * rng.standard_normal(40)
+    paired = {"best": best, "tie": best + 0.001 * rng.standard_normal(40), "worse": best - 0.05}
+    g = stats.top_group({k: float(v.mean()) for k, v in paired.items()}, paired)
+    assert g.best in ("best", "tie") and g.members == {"best", "tie"}
+    assert g.p_holm["worse"] < 0.05
+
+
+def test_mean_rank_interval_contains_the_point_and_orders_methods():
+    res = results([BASE, row("Good", quality=0.8, noise=0.05), row("Bad", quality=0.3, noise=0.05)], seeds=(0, 1))
+    cs = column_stats(res, n_boot=200)
+    assert cs.rank["Good"][0] == 1.0 and cs.rank["Good"][1:] == (1.0, 1.0)
+    assert cs.rank["Bad"][0] == 3.0
+    for m, lo, hi in cs.rank.values():
+        assert lo <= m <= hi
+
+
+# ------------------------------------------------------------------------------- rows and tables
+def test_rows_found_by_role_and_columns_not_by_label_text():
+    rows = [row("Source-Only [x]", "source", 0.5, adapt_s=0.0),  # the baseline, whatever its label says
+            row("Oracle-like", "my_new_method", 0.6),  # a new method, not a control despite its label
+            row("Upper", "source", 0.9, train_on="target", adapt_s=0.0),  # a control: trained on the target
+            row("Distil", "my_kd", 0.9, teacher="oracle(noise=0.3)")]  # a control: label-derived teacher
+    for role_column in (True, False):  # older folders lack the role column: derived from the same columns
+        res = results(rows, role_column=role_column)
+        assert res.roles == {"Source-Only [x]": "baseline", "Oracle-like": "method", "Upper": "control",
+                             "Distil [oracle(noise=0.3)]": "control"}
+        assert res.order == ["Source-Only [x]", "Oracle-like", "Upper", "Distil [oracle(noise=0.3)]"]
+        table = main_table(res, column_stats(res, n_boot=50))
+        md = table.to_markdown()
+        # controls are better but neither bold nor ranked; the new method is best among the rest
+        assert "| Upper |" in md and "| Distil [oracle(noise=0.3)] |" in md
+        upper = next(r for r in table.rows if r[0] == "Upper")
+        assert upper[-1] == "-" and not any((table.rows.index(upper), j) in table.bold for j in range(4))
+        new = table.rows.index(next(r for r in table.rows if r[0] == "Oracle-like"))
+        assert {(new, 1), (new, 2)} <= table.bold and table.rows[new][-1].startswith("1.0")
+
+
+def test_each_backbone_is_compared_with_its_own_source_only():
+    rows = []
+    for bb, base in (("spunet", 0.6), ("pointnet2", 0.3)):
+        rows += [row("Source-Only", "source", base, backbone=bb, adapt_s=0.0),
+                 row("TTT-KD", "ttt_kd", base + 0.1, backbone=bb, teacher="synth2d")]
+    res = results(rows, pairs=(("a", "b"),))
+    assert res.order == ["Source-Only pointnet2", "Source-Only spunet", "TTT-KD [synth2d] pointnet2",
+                         "TTT-KD [synth2d] spunet"]
+    for bb, base in (("spunet", 0.6), ("pointnet2", 0.3)):
+        want = miou(np.asarray(_conf(base + 0.1)).reshape(NUM_CLASSES, NUM_CLASSES), (0, 1)) - \
+            miou(np.asarray(_conf(base)).reshape(NUM_CLASSES, NUM_CLASSES), (0, 1))
+        assert res.delta(f"TTT-KD [synth2d] {bb}", ("a", "b")) == pytest.approx(want)
+    md = main_table(res, column_stats(res, n_boot=50)).to_markdown()
+    assert f"({100 * res.delta('TTT-KD [synth2d] pointnet2', ('a', 'b')):+.1f})" in md
+
+
+def test_several_seeds_show_mean_and_std_and_paired_delta():
+    q = lambda s, t, seed: 0.5 + 0.1 * seed  # noqa: E731 - seed 0 and 1 differ by 10 points of accuracy
+    res = results([row("Source-Only", "source", q, adapt_s=0.0),
+                   row("M", quality=lambda s, t, seed: q(s, t, seed) + 0.05)], seeds=(0, 1), pairs=(("a", "b"),))
+    c = res.cells
+    m = c[c["row"] == "M"]["miou"]
+    d = (m.to_numpy() - c[c["row"] == "Source-Only"].sort_values("seed")["miou"].to_numpy()).mean()
+    line = next(r for r in main_table(res, column_stats(res, n_boot=50)).rows if r[0] == "M")
+    assert line[1] == f"{100 * m.mean():.1f} ± {100 * m.std():.1f} ({100 * d:+.1f})"
+
+
+def test_clearly_worse_method_leaves_the_bold_group_and_stats_table_is_holm_corrected():
+    res = results([BASE, row("Best", quality=0.8, noise=0.02), row("Same", quality=0.8, noise=0.02),
+                   row("Worse", quality=0.6, noise=0.02)], seeds=(0, 1), scenes=16)
+    table = main_table(res, column_stats(res, n_boot=50))
+    idx = {r[0]: i for i, r in enumerate(table.rows)}
+    for j in (1, 2):
+        assert (idx["Best"], j) in table.bold and (idx["Same"], j) in table.bold
+        assert (idx["Worse"], j) not in table.bold and (idx["Source-Only"], j) not in table.bold
+    assert "Holm" in table.caption and "Wilcoxon" in table.caption
+    st = stats_table(res, n_boot=50)
+    raw = [float(r[6]) for r in st.rows if r[6]]
+    adj = [float(r[7]) for r in st.rows if r[7]]
+    assert all(a >= r for a, r in zip(adj, raw)) and "Holm" in st.caption
+
+
+def test_one_writer_renders_the_same_table_to_markdown_and_latex():
+    res = results([BASE, row("M_1", quality=0.7, noise=0.01)], seeds=(0, 1))
+    table = main_table(res, column_stats(res, n_boot=50))
+    md, tex = table.to_markdown(), table.to_latex()
+    assert tex.startswith("\\begin{tabular}") and "\\bottomrule" in tex
+    body_md = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    body_tex = [ln for ln in tex.splitlines() if ln.endswith("\\\\") and not ln.startswith(("method", " &"))]
+    assert len(body_md) == len(body_tex) == len(table.rows)
+    assert md.count("**") == 2 * len(table.bold) and tex.count("\\textbf{") == len(table.bold)
+    assert "M\\_1" in tex and "$\\pm$" in tex and "±" in md
+
+
+def test_matched_cost_table_bands_methods_by_adaptation_time():
+    res = results([BASE, row("Cheap", quality=0.6, adapt_s=0.05), row("Mid", quality=0.55, adapt_s=0.3),
+                   row("Dear", quality=0.7, adapt_s=1.0, noise=0.01), row("Dear2", quality=0.5, adapt_s=1.5)])
+    t = cost_matched_table(res, column_stats(res, n_boot=50))
+    band = {r[1]: r[0] for r in t.rows}
+    # unit = Source-Only forward 0.1 s: 0.5x, 3x, 10x and 15x
+    assert band == {"Source-Only": "0–0.5×", "Cheap": "0.5–2×", "Mid": "2–8×", "Dear": "8–32×", "Dear2": "8–32×"}
+    idx = {r[1]: i for i, r in enumerate(t.rows)}
+    assert (idx["Dear"], 4) in t.bold and (idx["Dear2"], 4) not in t.bold
+    assert "Source-Only forward" in t.caption
+
+
+# ---------------------------------------------------------------------------------------- figures
+def test_figure_registry_draws_what_applies_and_a_new_parameter_gets_its_curve(tmp_path):
+    rows = [BASE] + [row("New", "brand_new", 0.5 + a / 10, params={"alpha": a}) for a in (1, 2, 3)]
+    res = results(rows)
+    drawn = []
+    entry = figure("never", lambda r: False)(lambda r: drawn.append(1) or iter(()))
+    try:
+        names = {p.name for p in figures(res, tmp_path)}
+    finally:
+        FIGURES.remove(next(f for f in FIGURES if f.name == "never"))
+    assert entry is not None and not drawn
+    assert {"fig_alpha.png", "fig_alpha.svg", "fig_pareto.png", "fig_pareto.svg"} <= names
+    # no teachers, no corrupted targets and no per-class columns in these rows: those figures do not apply
+    assert not names & {"fig_teachers.png", "fig_corruptions.png", "fig_per_class_iou.png"}
+
+
+def test_pareto_labels_do_not_overlap_even_for_coincident_points():
+    pts = np.array([[100.0, 100.0]] * 5 + [[104.0, 101.0], [300.0, 50.0]])
+    w, h = 16.0, 11.0
+    c = place_labels(pts, (w, h))
+    for i in range(len(c)):
+        for j in range(i):
+            assert abs(c[i, 0] - c[j, 0]) >= w or abs(c[i, 1] - c[j, 1]) >= h
+
+
+# ------------------------------------------------------------------------------ committed folder
+@pytest.mark.skipif(REFERENCE is None, reason="no committed id_ood reference folder")
+def test_report_on_the_committed_id_ood_reference(tmp_path):
+    folder = tmp_path / "id_ood"
+    folder.mkdir()
+    for name in ("cells.parquet", "scenes.parquet"):
+        shutil.copy(REFERENCE / name, folder / name)
+    written = {p.name for p in make_report(folder)}
+    assert {"table_main.md", "table_main.tex", "table_cost.md", "table_cost_matched.md", "table_stats.md",
+            "fig_pareto.png", "fig_per_class_iou.png"} <= written
+    md = (folder / "report" / "table_main.md").read_text()
+    lines = [ln.split(" | ")[0].lstrip("| ") for ln in md.splitlines()[2:] if ln.startswith("| ")]
+    assert lines[0] == "Source-Only" and lines[-1] == "Oracle" and "TTT-KD [synth2d]" in lines
+    assert "**" in md and "mean rank" in md
+    assert "Oracle" not in (folder / "report" / "table_cost_matched.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------- compare
+def _write(folder: Path, cells: pd.DataFrame, scenes: pd.DataFrame, grid: str = "g") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cells.to_parquet(folder / "cells.parquet")
+    scenes.to_parquet(folder / "scenes.parquet")
+    (folder / "env.json").write_text(json.dumps({"grid": grid}))
+    return folder
+
+
+def _shift(cells, scenes, label, by, only_scene=None):
+    cells, scenes = cells.copy(), scenes.copy()
+    ids = set(cells.loc[cells["label"] == label, "cell_id"])
+    sel = scenes["cell_id"].isin(ids) & ((scenes["scene"] == only_scene) if only_scene else True)
+    scenes.loc[sel, "miou"] += by
+    per = scenes[scenes["cell_id"].isin(ids)].groupby("cell_id")["miou"].mean()
+    cells.loc[cells["cell_id"].isin(ids), "miou"] = cells.loc[cells["cell_id"].isin(ids), "cell_id"].map(per)
+    return cells, scenes
+
+
+def test_compare_agrees_with_itself_and_flags_a_broken_method(tmp_path):
+    cells, scenes = fake([BASE, row("M", quality=0.7, noise=0.05)], scenes=8)
+    ref = _write(tmp_path / "ref", cells, scenes)
+    con = Console(record=True, width=200)
+    assert compare(_write(tmp_path / "same", cells, scenes), ref, con) == 0
+    broken = _write(tmp_path / "broken", *_shift(cells, scenes, "M", -0.2))
+    con = Console(record=True, width=200)
+    assert compare(broken, ref, con) == 1
+    out = con.export_text()
+    assert "does not agree" in out and "M spunet  a → b" in out and "Source-Only spunet  a → b" not in out
+
+
+def test_compare_tolerates_cross_cpu_noise_and_a_gap_carried_by_one_scene():
+    cells, scenes = fake([BASE, row("M", quality=0.7, noise=0.05)], scenes=8)
+    small = compare_frames(*_shift(cells, scenes, "M", SINGLE_SEED_TOL * 0.8), cells, scenes)
+    assert set(small["verdict"]) == {"agree"}
+    one = compare_frames(*_shift(cells, scenes, "M", 0.8, only_scene="test_0003"), cells, scenes)
+    m = one[one["label"] == "M"]
+    assert (m["delta"].abs() > SINGLE_SEED_TOL).all() and set(m["verdict"]) == {"agree"}
+    # without per-scene rows the tolerance alone decides
+    run_cells = _shift(cells, scenes, "M", 0.8, only_scene="test_0003")[0]
+    no_scenes = compare_frames(run_cells, scenes.iloc[0:0], cells, scenes.iloc[0:0])
+    assert set(no_scenes[no_scenes["label"] == "M"]["verdict"]) == {"differs"}
+
+
+def test_compare_uses_the_reference_seed_spread():
+    q = lambda s, t, seed: 0.6 + 0.03 * (seed - 1)  # noqa: E731 - a seed spread of about 3 points of accuracy
+    ref_cells, ref_scenes = fake([BASE, row("M", quality=q, noise=0.02)], seeds=(0, 1, 2), scenes=8)
+    near = compare_frames(*_shift(ref_cells, ref_scenes, "M", 0.02), ref_cells, ref_scenes)
+    assert set(near["verdict"]) == {"agree"}
+    assert (near.loc[near["label"] == "M", "tol"] > 0.02).all()
+    far = compare_frames(*_shift(ref_cells, ref_scenes, "M", 0.15), ref_cells, ref_scenes)
+    assert set(far.loc[far["label"] == "M", "verdict"]) == {"differs"}
+
+
+def test_compare_reports_errors_and_missing_rows():
+    cells, scenes = fake([BASE, row("M", quality=0.7), row("Gone", quality=0.4)], scenes=6)
+    run = cells[cells["label"] != "Gone"].copy()
+    run.loc[run.index[-1], "status"] = "error"
+    res = compare_frames(run, scenes, cells, scenes)
+    assert (res[res["label"] == "Gone"]["verdict"] == "not run").all()
+    assert (res["verdict"] == "error").sum() == 1
+
+
+def test_default_reference_prefers_results_reference_and_never_the_run_itself(tmp_path, monkeypatch):
+    cells, scenes = fake([BASE], scenes=4)
+    monkeypatch.chdir(tmp_path)
+    old = _write(tmp_path / "results" / "grid1", cells, scenes, "grid1")
+    run = _write(tmp_path / "runs" / "grid1", cells, scenes, "grid1")
+    assert default_reference(run).resolve() == old.resolve()
+    new = _write(tmp_path / "results" / "reference" / "grid1", cells, scenes, "grid1")
+    assert default_reference(run).resolve() == new.resolve()
+    assert default_reference(new).resolve() == old.resolve()  # never the run itself
+    other = _write(tmp_path / "runs" / "grid2", cells, scenes, "grid2")
+    (other / "env.json").unlink()
+    (other / "config.toml").write_text('name = "grid2"\n')
+    with pytest.raises(BenchError, match="grid2"):
+        default_reference(other)
+
+
+def test_compare_without_common_rows_is_an_error(tmp_path):
+    a, sa = fake([BASE], pairs=(("a", "b"),))
+    b, sb = fake([BASE], pairs=(("x", "y"),))
+    with pytest.raises(BenchError, match="nothing|no \\(method, pair\\) in common"):
+        compare(_write(tmp_path / "a", a, sa), _write(tmp_path / "b", b, sb), Console(record=True))
