@@ -1,6 +1,7 @@
 """Test-time adaptation methods, one module each, registered in ``METHODS``."""
 
 from methods import (  # noqa: F401
+    adacontrast,
     bn_adapt,
     cotta,
     deyo,

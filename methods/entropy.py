@@ -30,5 +30,7 @@ class Entropy(Method):
     def adapt(self, inp):
         set_bn_mode(self.model, self.bn_mode)
         for _ in range(self.cfg.steps):
-            self.step(entropy(self.model(inp.batch)["seg"]).mean())
+            logits = self.model(inp.batch)["seg"]
+            self.last_output = logits.detach()
+            self.step(entropy(logits).mean())
         return self.cfg.steps

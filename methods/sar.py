@@ -1,10 +1,37 @@
 """``sar``: Sharpness-Aware and Reliable entropy minimisation (Niu et al., ICLR 2023, "Towards Stable
-Test-Time Adaptation in Dynamic Wild World").
+Test-Time Adaptation in Dynamic Wild World"; official code mr-eggplant/SAR, ``sar.py``/``sam.py``).
 
-Updates the affine parameters of the normalisation layers with a SAM step (perturb the weights by
-rho * g/|g|, take the gradient there, apply it at the original weights) on points whose entropy is
-below ``e_margin`` (filtered again after the perturbation); a moving average of the loss below
-``reset_constant`` triggers model recovery (reset to the source weights), as in the paper.
+Per step, as the official ``forward_and_adapt_sar``: (1) forward with batch statistics, keep the
+points whose entropy is below ``e_margin`` (filter 1), backward their mean entropy; (2) SAM first
+step: move the weights by rho * g / |g|; (3) forward again, take the entropies *of the points that
+passed filter 1* and keep those still below ``e_margin`` (filter 2), backward their mean; (4) return
+to the saved weights and take the base-optimizer step (SGD, momentum 0.9) with that gradient;
+(5) the moving average (0.9) of the filter-2 loss below ``reset_constant`` triggers model recovery
+(weights and optimizer back to the source). As in the official code, the moving average itself
+survives a recovery (its ``reset()`` clears it, then the caller writes it back), so recovery keeps
+firing until the average rises above the threshold again.
+
+Adapted parameters: the affine parameters of the normalisation layers, except the top ones. The
+official code skips ``layer4`` of ResNet-50 (the last of its four stages: 10 of 53 BN layers, 19%)
+and ``blocks.9-11`` plus the final ``norm`` of ViT-Base (7 of 25 LayerNorms, 28%): the layers next
+to the classifier. A sparse UNet has no such names, so the rule here is positional: the norm layers
+of the last ``skip_top`` = 25% of the backbone in forward order (found once by a probe forward on a
+small synthetic scene, since module registration order is not forward order in a UNet) are frozen.
+On the default SpUNet (24 BN layers) that is 6 layers: both BNs of the finest decoder block of the
+second-finest level (``dec.1``) and ``up.0``, ``fuse.0`` and both BNs of ``dec.0``, i.e. the
+full-resolution decoder stage that feeds the heads.
+
+3D rules (a "batch" is one scene of ~20k points, C = 12 classes, not 1000):
+- ``e_margin`` = 0.4 ln C, the paper's rule (0.4 ln 1000 on ImageNet).
+- ``reset_constant`` = 0.2 ln C / ln 1000 (= 0.072 for C = 12): the official 0.2 is an entropy for
+  1000 classes, i.e. 2.9% of the maximum entropy ln 1000; the same fraction of ln C keeps its meaning
+  for C classes. (Unscaled, 0.2 fires on every in-distribution scene, where reliable points have an
+  entropy of ~0.15: SAR degenerates to the source weights with test-batch BN.)
+- When no point passes filter 1 (or filter 2) no step is taken at all. The official code then
+  backpropagates a NaN/empty mean whose gradient is zero, and SGD's momentum still moves the weights.
+
+``last_output`` holds the logits of the first forward of the last step (before its update), which
+is what the official code returns as its prediction.
 """
 
 import math
@@ -12,9 +39,10 @@ from dataclasses import dataclass
 
 import torch
 
+from backbones.batch import PointBatch, in_channels
 from backbones.losses import entropy
 from bench.data.classes import NUM_CLASSES
-from methods.base import NORM, Method, MethodConfig, bn_affine_params, set_bn_mode
+from methods.base import NORM, Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
 
 
@@ -26,8 +54,37 @@ class SARConfig(MethodConfig):
     optimizer: str = "sgd"
     rho: float = 0.05
     e_margin: float = 0.4 * math.log(NUM_CLASSES)
-    reset_constant: float = 0.2
+    reset_constant: float = 0.2 * math.log(NUM_CLASSES) / math.log(1000)
     ema: float = 0.9
+    skip_top: float = 0.25  # fraction of the norm layers (last in forward order) left frozen
+
+
+def norm_layers_in_forward_order(model) -> list[torch.nn.Module]:
+    """The backbone's normalisation layers in the order a forward pass first calls them (probe forward
+    on a small seeded synthetic scene; the model is in eval mode, so nothing in it changes)."""
+    order: list[torch.nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
+             for m in model.backbone.modules() if isinstance(m, NORM)]
+    g = torch.Generator().manual_seed(0)
+    n = 4096
+    coord = torch.rand(n, 3, generator=g) * torch.tensor([4.0, 4.0, 2.5])
+    feat = torch.rand(n, in_channels(model.spec.features), generator=g) * 2 - 1
+    device = next(model.parameters()).device
+    was_training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model.backbone(PointBatch(coord, feat, torch.zeros(n, dtype=torch.long), 1).to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, t in was_training:
+            m.train(t)
+    seen: list[torch.nn.Module] = []
+    for m in order:
+        if not any(m is s for s in seen):
+            seen.append(m)
+    return seen
 
 
 @METHODS.register("sar", config=SARConfig)
@@ -37,7 +94,13 @@ class SAR(Method):
     bn_mode = "test"
 
     def adapt_params(self):
-        return bn_affine_params(self.model.backbone, NORM)
+        layers = norm_layers_in_forward_order(self.model)
+        n_skip = round(self.cfg.skip_top * len(layers))
+        self.frozen_top = layers[len(layers) - n_skip:]
+        params = []
+        for m in layers[:len(layers) - n_skip]:
+            params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+        return params
 
     def on_reset(self):
         self.loss_ema = None
@@ -46,40 +109,46 @@ class SAR(Method):
         super().__init__(model, cfg)
         self.on_reset()
 
-    def _reliable_loss(self, inp):
-        ent = entropy(self.model(inp.batch)["seg"])
-        keep = ent < self.cfg.e_margin
-        return ent[keep].mean() if keep.any() else None
-
     def adapt(self, inp):
-        set_bn_mode(self.model, "test")
         steps = 0
+        self.last_output = None
         for _ in range(self.cfg.steps):
-            loss = self._reliable_loss(inp)
-            if loss is None:
+            set_bn_mode(self.model, "test")
+            logits = self.model(inp.batch)["seg"]
+            self.last_output = logits.detach()
+            ent = entropy(logits)
+            keep1 = ent < self.cfg.e_margin
+            if not keep1.any():
                 break
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            norm = torch.norm(torch.stack([g.norm() for g in grads])) + 1e-12
-            eps = [self.cfg.rho * g / norm for g in grads]
+            ent[keep1].mean().backward()
+            # SAM first step: climb to w + rho * g / |g|
+            grads = [p.grad for p in self.params]
+            norm = torch.norm(torch.stack([g.norm(2) for g in grads if g is not None]), 2)
+            old = [p.detach().clone() for p in self.params]
             with torch.no_grad():
-                for p, e in zip(self.params, eps):
-                    p.add_(e)
+                for p, g in zip(self.params, grads):
+                    if g is not None:
+                        p.add_(g * (self.cfg.rho / (norm + 1e-12)))
             self.optimizer.zero_grad(set_to_none=True)
-            loss2 = self._reliable_loss(inp)
-            if loss2 is not None:
+            ent2 = entropy(self.model(inp.batch)["seg"])[keep1]
+            keep2 = ent2 < self.cfg.e_margin
+            if keep2.any():
+                loss2 = ent2[keep2].mean()
                 loss2.backward()
             with torch.no_grad():
-                for p, e in zip(self.params, eps):
-                    p.sub_(e)
-            if loss2 is None:
+                for p, o in zip(self.params, old):
+                    p.copy_(o)
+            if not keep2.any():
+                self.optimizer.zero_grad(set_to_none=True)
                 break
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             steps += 1
             v = loss2.item()
             self.loss_ema = v if self.loss_ema is None else self.cfg.ema * self.loss_ema + (1 - self.cfg.ema) * v
-            if self.loss_ema < self.cfg.reset_constant:
-                self.reset()  # model recovery
-                break
+            if self.loss_ema < self.cfg.reset_constant:  # model recovery; the average survives it (official)
+                ema = self.loss_ema
+                self.reset()
+                self.loss_ema = ema
         return steps

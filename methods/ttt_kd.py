@@ -8,8 +8,15 @@ only (both projectors stay frozen); then a final prediction with everything froz
 (episodic). ``ttt_kd_online`` (TTT-KD-O) never resets and takes its steps on every ``stride``-th
 scene of the target stream only.
 
-Defaults: cosine loss, Adam, lr 1e-4, 5 steps, BN with source statistics. ``bn = "test"``
-normalises with the scene's statistics instead, while adapting and predicting.
+Defaults: cosine loss, Adam, lr 1e-4, 5 steps, BN with source statistics (the views used for
+lifting are a cell setting, default all). ``bn = "test"``
+normalises with the scene's statistics instead, while adapting and predicting. ``loss = "l2"`` is
+the mean squared error between the projected and the teacher features on the seen points.
+
+A scene where no point is seen by a view gives no distillation signal: no step is taken (a zero
+loss would still move the weights through Adam's momentum) and the step count is 0. ``last_output``
+holds the label head's logits from the last step's forward (before that step's update); the paper
+predicts with a separate forward after the steps (the harness default ``predict = "after"``).
 """
 
 from dataclasses import dataclass
@@ -41,9 +48,13 @@ class TTTKD(Method):
         return list(self.model.backbone.parameters())
 
     def take_steps(self, inp, n: int) -> int:
+        self.last_output = None
+        if n == 0 or not bool(inp.teacher_mask.any()):
+            return 0
         set_bn_mode(self.model, self.bn_mode)
         for _ in range(n):
-            out = self.model(inp.batch, ("kd",))
+            out = self.model(inp.batch, ("kd", "seg"))
+            self.last_output = out["seg"].detach()
             self.step(distill_loss(out["kd"], inp.teacher_feat, inp.teacher_mask, self.cfg.loss))
         return n
 
@@ -63,4 +74,4 @@ class TTTKDOnline(TTTKD):
     """TTT-KD-O: no reset; TTT steps on every stride-th scene of the target stream"""
 
     def adapt(self, inp):
-        return self.take_steps(inp, self.cfg.steps) if inp.index % self.cfg.stride == 0 else 0
+        return self.take_steps(inp, self.cfg.steps if inp.index % self.cfg.stride == 0 else 0)

@@ -1,7 +1,8 @@
 """``ttt_mae``: test-time training with masked reconstruction (Gandelsman et al., NeurIPS 2022,
 "Test-Time Training with Masked Autoencoders"; for points cf. Mirza et al., MATE, ICCV 2023). On a
 ``joint-mae`` model: k steps on the reconstruction loss of the input features of masked blocks,
-updating the backbone only (heads frozen), then predict; episodic by default."""
+updating the backbone only (heads frozen), then predict; episodic by default. ``last_output`` stays
+None: the adapting forwards see a masked scene, so the prediction is always a separate forward."""
 
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class TTTMAE(Method):
         return list(self.model.backbone.parameters())
 
     def adapt(self, inp):
+        self.last_output = None
         set_bn_mode(self.model, "source")
         for _ in range(self.cfg.steps):
             mask = block_mask(inp.batch, self.cfg.mask_ratio, self.cfg.mask_cell, inp.generator)
