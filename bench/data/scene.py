@@ -251,6 +251,18 @@ class FrameSkips:
         text = str(detail or "").removeprefix(f"{path}: ")  # BenchErrors start with the file they name
         self.reasons.setdefault(reason, []).append(f"{path}" + (f" ({text})" if text else ""))
 
+    def pose(self, path: Path) -> np.ndarray | None:
+        """A camera-to-world pose file read as a finite 4x4 matrix, or None (skipped and counted)."""
+        try:
+            pose = read_matrix(path)
+        except BenchError as e:
+            self.skip(path, "unreadable pose", e)
+            return None
+        if not np.isfinite(pose).all():
+            self.skip(path, NON_FINITE_POSE)
+            return None
+        return pose
+
     @property
     def count(self) -> int:
         return sum(len(v) for v in self.reasons.values())
@@ -293,13 +305,8 @@ def read_views(vdir: Path, skips: FrameSkips | None = None) -> list[View]:
         if not depth_path.is_file():
             skips.skip(depth_path, "depth missing")
             continue
-        try:
-            pose = read_matrix(pose_path)
-        except BenchError as e:
-            skips.skip(pose_path, "unreadable pose", e)
-            continue
-        if not np.isfinite(pose).all():
-            skips.skip(pose_path, NON_FINITE_POSE)
+        pose = skips.pose(pose_path)
+        if pose is None:
             continue
         try:
             image = read_image(img_path)

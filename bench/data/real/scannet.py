@@ -20,7 +20,7 @@ from PIL import Image
 from bench.data.datasets import DATASETS
 from bench.data.geometry import pixel_rays, resize_intrinsic
 from bench.data.real.base import PointceptDataset, RealConfig
-from bench.data.scene import NON_FINITE_POSE, FrameSkips, View, read_image, read_matrix
+from bench.data.scene import FrameSkips, View, read_image, read_matrix
 from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
@@ -98,13 +98,8 @@ def read_scannet_frames(fdir: Path, image_size, select, skips: FrameSkips | None
         if dp is None:
             skips.skip(fdir / "depth" / f"{cpath.stem}.png", "depth missing")
             continue
-        try:
-            pose = read_matrix(pp)
-        except BenchError as e:
-            skips.skip(pp, "unreadable pose", e)
-            continue
-        if not np.isfinite(pose).all():
-            skips.skip(pp, NON_FINITE_POSE)
+        pose = skips.pose(pp)
+        if pose is None:
             continue
         poses[i] = pose
     valid = sorted(poses)
