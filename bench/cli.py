@@ -87,8 +87,24 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {e}")
         return 2
     except KeyboardInterrupt:
+        _stop_children()
         console.print("interrupted: finished cells are saved; run the same command again to resume")
         return 130
+
+
+def _stop_children() -> None:
+    """After Ctrl-C, end every worker process still alive: multiprocessing joins non-daemonic children
+    at exit, so one that missed the executor's own shutdown would keep the command waiting."""
+    import multiprocessing as mp
+
+    children = mp.active_children()
+    for c in children:
+        c.terminate()
+    for c in children:
+        c.join(2)
+        if c.is_alive():
+            c.kill()
+            c.join(1)
 
 
 def _rich_handler():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -78,13 +79,17 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         n_err = 0
         with progress(transient=False) as bar:
             task = bar.add_task("cells", total=len(todo), info="")
-            for cell, (row, scenes) in ex.run(schedule(todo)):
-                store.append(row, scenes)
-                n_err += row["status"] != "ok"
-                bar.update(task, advance=1, info=escape(describe(cell)[:60]))
-                if bar.disable:  # no live bar (not a terminal): one log line per cell instead
-                    status = f"mIoU {100 * row['miou']:.1f}" if row["status"] == "ok" else f"error: {row['error'][:80]}"
-                    log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
+            # closed on every way out: a Ctrl-C that lands while a row is being appended (outside the
+            # executor's generator) must still stop the workers now, not when the generator is collected
+            with closing(ex.run(schedule(todo))) as results:
+                for cell, (row, scenes) in results:
+                    store.append(row, scenes)
+                    n_err += row["status"] != "ok"
+                    bar.update(task, advance=1, info=escape(describe(cell)[:60]))
+                    if bar.disable:  # no live bar (not a terminal): one log line per cell instead
+                        status = (f"mIoU {100 * row['miou']:.1f}" if row["status"] == "ok"
+                                  else f"error: {row['error'][:80]}")
+                        log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
         elapsed = time.perf_counter() - t0
     summary(store, cells, console)
     console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
