@@ -188,7 +188,10 @@ def test_ctrl_c_stops_workers_and_keeps_finished_cells(tmp_path, worker_imports)
     out = tmp_path / "run"
     env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
     args = ["run", "--grid", str(grid), "--out", str(out), "--executor", "pool", "--workers", "2"]
-    script = f"import sys, test_executors; from bench.cli import main; sys.exit(main({args!r}))"
+    # a background job of a non-interactive shell (as CI may start the tests) inherits SIGINT ignored, and
+    # Python keeps an inherited SIG_IGN: restore the handler a terminal's process has, as the user's would
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); import test_executors; "
+              f"from bench.cli import main; sys.exit(main({args!r}))")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cells = out / "cells.parquet"
