@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import BenchError
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "show": cmd_show,
                 "profile": cmd_profile}[args.cmd](args)
     except BenchError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
     except KeyboardInterrupt:
         _stop_children()

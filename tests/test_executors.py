@@ -180,42 +180,52 @@ def test_killed_worker_costs_only_its_cell(tmp_path, worker_imports, caplog):
     assert "retrying it once" in caplog.text
 
 
-@pytest.mark.skipif(os.environ.get("CI") == "true", reason=(
-    "timed out (no exit within 60 s of SIGINT) in two full `.ci/run` runs on the development machine, while "
-    "it passes alone, with its file, and in 5 tries of SIGINT 0-1 s after the first row; cause not found yet "
-    "(see the closing note of session 3). Run it with `python -m pytest tests/test_executors.py -k ctrl_c`."))
 def test_ctrl_c_stops_workers_and_keeps_finished_cells(tmp_path, worker_imports):
     """SIGINT to the CLI's `run` with a pool: it exits (code 130, no traceback) without waiting
     for the running cells (each would sleep 10 minutes), its workers are gone, finished rows stay."""
     grid = _grid(tmp_path, SOURCE + '[[methods]]\nname = "test_sleeper"\nseconds = 600.0\n'
                  '[[methods]]\nname = "test_sleeper"\nlabel = "s2"\nseconds = 601.0\n')
     out = tmp_path / "run"
-    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
+    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1", "PYTHONFAULTHANDLER": "1"}
     args = ["run", "--grid", str(grid), "--out", str(out), "--executor", "pool", "--workers", "2"]
-    # a background job of a non-interactive shell (as CI may start the tests) inherits SIGINT ignored, and
-    # Python keeps an inherited SIG_IGN: restore the handler a terminal's process has, as the user's would
-    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); import test_executors; "
-              f"from bench.cli import main; sys.exit(main({args!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the command as a user types it; a background job of a non-interactive shell (as CI may start the
+    # tests) inherits SIGINT ignored, which Python keeps: give the child the disposition a terminal's has
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = out / "cells.parquet"
     deadline = time.time() + 240
     while time.time() < deadline and not cells.is_file() and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     time.sleep(1.0)  # both sleepers are running now (the source cell finished first)
-    workers = _children(proc.pid)
-    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    workers = {pid: _cmdline(pid) for pid in _children(proc.pid)}
+    assert sum("spawn_main" in cmd for cmd in workers.values()) == 2, workers  # and the resource tracker
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=60)  # a run that waited for its cells would take 10 minutes
     except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
+        # say where it hangs: SIGABRT makes the faulthandler print every thread's stack
+        tree = subprocess.run(["ps", "-o", "pid,ppid,stat,etime,args", "--ppid", str(proc.pid)],
+                              capture_output=True, text=True).stdout
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        pytest.fail(f"no exit within 60 s of SIGINT; children:\n{tree}\nstderr:\n{err[-6000:]}")
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    for pid in workers:
-        assert not _alive(pid), f"worker {pid} still running after Ctrl-C"
+    # the workers are ended before the command exits; multiprocessing's resource tracker ends when it sees
+    # the command's pipe close, a moment later
+    for pid, cmd in workers.items():
+        if "resource_tracker" in cmd:
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+        assert not _alive(pid), f"child {pid} still running after Ctrl-C: {cmd}"
     rows = pd.read_parquet(cells)
     assert list(rows["label"]) == ["source"] and (rows["status"] == "ok").all()
 
@@ -230,6 +240,13 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "(gone)"
 
 
 def _alive(pid: int) -> bool:
