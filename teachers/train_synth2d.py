@@ -2,16 +2,19 @@
 
 One script for the three teachers of the teacher ablation; they differ in capacity and data:
 
-| variant | teacher     | width | dim | params | train scenes/domain | epochs | expected time (2 cores) |
-|---------|-------------|-------|-----|--------|---------------------|--------|-------------------------|
-| s       | synth2d-s   | 12    | 32  | 167k   | 8                   | 15     | EXPECTED_S              |
-| m       | synth2d     | 24    | 64  | 665k   | 24                  | 20     | EXPECTED_M              |
-| l       | synth2d-l   | 40    | 96  | 1.84M  | 32                  | 20     | EXPECTED_L              |
+| variant | teacher     | width | dim | params | file   | train scenes/domain | epochs | steps | expected time |
+|---------|-------------|-------|-----|--------|--------|---------------------|--------|-------|---------------|
+| s       | synth2d-s   | 12    | 32  | 167k   | 0.7 MB | 8                   | 15     | 225   | ~75 s         |
+| m       | synth2d     | 24    | 64  | 665k   | 2.7 MB | 24                  | 16     | 720   | ~530 s        |
+| l       | synth2d-l   | 32    | 96  | 1.18M  | 4.7 MB | 32                  | 13     | 780   | ~900 s        |
 
-Expected times are for the three test domains (10 views per scene, 96x128 images, batch 16) on the
-benchmark's 2 CPU cores, scaled from the previous round's measured synth2d training (830 s for 25
-epochs x 24 scenes x 3 domains) by the number of steps and each width's measured per-step cost
-(see ``STEP_COST``); the new world may change them by its views per scene and image size.
+Expected times (about 25 min for the three, one after the other) are for the three test domains
+at 10 views per scene, 96x128 images, batch 16, on the benchmark's 2 CPU cores: the previous round's
+measured synth2d training (830 s for 25 epochs x 24 scenes x 3 domains = 1125 steps, 0.74 s a step)
+scaled by each variant's number of steps and its per-step cost relative to m, measured in CPU
+seconds of this training loop (one thread, 3 repeats after a warm-up, on a shared machine: s
+0.43-0.45 s, m 0.98-0.99 s, l 1.46-1.52 s a step, so s = 0.45x and l = 1.54x of m). A new world
+with other views per scene or image sizes scales them by its number of views x pixels.
 
 Deterministic (seeded, single data order). Trains on the paired views of the train split of the
 given domains (default the three test domains) with strong appearance randomisation (hue rotation,
@@ -61,8 +64,8 @@ class Plan:
     lr: float = 3e-3
 
 
-PLANS: dict[str, Plan] = {"s": Plan(scenes=8, epochs=15), "m": Plan(scenes=24, epochs=20),
-                          "l": Plan(scenes=32, epochs=20)}
+PLANS: dict[str, Plan] = {"s": Plan(scenes=8, epochs=15), "m": Plan(scenes=24, epochs=16),
+                          "l": Plan(scenes=32, epochs=13)}
 
 
 def check_domains(names: list[str], flag: str) -> None:
