@@ -135,3 +135,96 @@ def test_feature_cache_identical_and_keyed(tmp_path):
     FeatureCache(build_teacher({"name": "oracle", "noise": 0.1}), root=tmp_path).get(ds.fingerprint(), scene)
     fc.get({**ds.fingerprint(), "corruption": "jitter"}, scene)
     assert len(list(tmp_path.rglob("*.npz"))) == 4  # views, weights and data each change the key
+
+
+# ------------------------------------------------------------------ the synth2d family and its training script
+SYNTH2D_DIMS = {"synth2d-s": 32, "synth2d": 64, "synth2d-l": 96}
+
+
+def test_synth2d_variants_build_with_their_feature_dims():
+    from teachers import TEACHERS, check_teacher
+    from teachers.train_synth2d import MAX_BYTES
+
+    imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), dtype=np.uint8))
+    params, keys = [], set()
+    for name, dim in SYNTH2D_DIMS.items():
+        assert name in TEACHERS.names()
+        assert check_teacher({"name": name, "weights": "random-init"}) == "random-init"
+        t = build_teacher({"name": name, "weights": "random-init"})
+        assert t.dim == dim and t.label == f"{name} (random-init)"
+        assert t.feature_maps(imgs).shape == (2, dim, 48, 64)  # features at 1/2 resolution
+        params.append(sum(p.numel() for p in t.net.parameters()))
+        keys.add(tuple(sorted(t.cache_key().items())))
+    assert params == sorted(params) and len(set(params)) == 3  # s < m < l in capacity
+    assert params[-1] * 4 < MAX_BYTES  # even the large one fits the 10 MB limit in float32
+    assert len(keys) == 3  # features of different variants are never mixed in the cache
+
+
+def test_synth2d_missing_or_wrong_weights_say_how_to_fix(tmp_path, monkeypatch):
+    import teachers.synth2d as s2d
+
+    monkeypatch.setattr(s2d, "WEIGHTS_DIR", tmp_path)  # no shipped weights here
+    with pytest.raises(BenchError, match=r"synth2d-l.*not found.*python -m teachers.train_synth2d --variant l"):
+        build_teacher("synth2d-l")
+    with pytest.raises(BenchError, match=r"synth2d-s.*nowhere\.pt not found.*--variant s"):
+        build_teacher({"name": "synth2d-s", "weights": str(tmp_path / "nowhere.pt")})
+    small = tmp_path / "synth2d-s.pt"
+    torch.save(s2d.Synth2DNet(32, 12).state_dict(), small)
+    assert build_teacher("synth2d-s").dim == 32  # the default file of the variant, once it exists
+    with pytest.raises(BenchError, match=r"synth2d-l is width 32, 96-d features; are these another variant"):
+        build_teacher({"name": "synth2d-l", "weights": str(small)})
+
+
+def _tiny_args(tmp_path, *extra):
+    from teachers.train_synth2d import parse_args
+
+    return parse_args(["--variant", "s", "--domains", "synth-scannet", "--holdout", "synth-matterport",
+                       "--scenes", "1", "--epochs", "1", "--views", "2", "--test-scenes", "1",
+                       "--out", str(tmp_path / "t.pt"), *extra])
+
+
+def test_train_synth2d_tiny_run_writes_weights_and_report(tmp_path):
+    import json
+
+    from teachers.train_synth2d import run
+
+    report = run(_tiny_args(tmp_path))
+    out = tmp_path / "t.pt"
+    assert out.is_file() and report["file_bytes"] == out.stat().st_size
+    assert json.loads(out.with_suffix(".json").read_text()) == report
+    assert (report["teacher"], report["dim"], report["epochs"], report["train_views"]) == ("synth2d-s", 32, 1, 2)
+    scores = report["miou_2d"]
+    assert set(scores["train_domains"]) == {"synth-scannet"} and set(scores["holdout"]) == {"synth-matterport"}
+    every = [*scores["train_domains"].values(), *scores["holdout"].values()]
+    assert all(0 <= m <= 1 for m in every)
+    assert report["spread_2d"] == pytest.approx(max(every) - min(every), abs=1e-4)
+    assert report["holdout_gap_2d"] == pytest.approx(every[0] - every[1], abs=1e-4)
+    assert report["train_seconds"] >= 0 and report["params"] > 0
+    t = build_teacher({"name": "synth2d-s", "weights": str(out)})  # the file it wrote is a usable teacher
+    assert t.dim == 32 and t.weights_id not in ("", "random-init")
+
+
+def test_train_synth2d_refuses_files_over_the_limit(tmp_path, monkeypatch):
+    from teachers import train_synth2d as tr
+
+    f = tmp_path / "big.pt"
+    f.write_bytes(b"x" * 2000)
+    assert tr.check_size(f, 2000) == 2000 and f.is_file()
+    with pytest.raises(BenchError, match=r"big\.pt: 0\.00 MB is over the 0 MB limit.*deleted"):
+        tr.check_size(f, 1999)
+    assert not f.exists()
+    monkeypatch.setattr(tr, "MAX_BYTES", 100_000)  # the small variant (167k float32 parameters) is over it
+    with pytest.raises(BenchError, match=r"variant s: \d+ parameters need 0\.7 MB, over the 0 MB limit"):
+        tr.run(_tiny_args(tmp_path))
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_train_synth2d_checks_domain_names(tmp_path):
+    from teachers.train_synth2d import main, parse_args, run
+
+    assert parse_args([]).holdout == ["synth-val"] and parse_args(["--holdout"]).holdout == []
+    with pytest.raises(BenchError, match=r"--holdout: unknown dataset 'synth-nowhere'; valid names: .*synth-scannet"):
+        run(_tiny_args(tmp_path, "--holdout", "synth-nowhere"))
+    with pytest.raises(BenchError, match=r"--holdout synth-scannet is also in --domains"):
+        run(_tiny_args(tmp_path, "--holdout", "synth-scannet"))
+    assert main(["--domains", "synth-nowhere", "--out", str(tmp_path / "x.pt")]) == 2
