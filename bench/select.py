@@ -105,13 +105,15 @@ def load_selection(path: Path) -> Selection:
     if missing:
         raise BenchError(f"selected-values file {path}: missing {', '.join(missing)}; it was not written by "
                          "`python -m bench select` (run it to make one)")
-    values = {m: dict(t.get("selected") or {}) for m, t in raw["methods"].items()}
+    values = {m: {**(t.get("fixed") or {}), **(t.get("selected") or {})} if t.get("selected") else {}
+              for m, t in raw["methods"].items()}
     return Selection(path, str(raw.get("version", path.stem)), str(raw["created_at"]), list(raw["validation"]),
                      list(raw["seeds"]), values, bool(raw.get("allow_source_val", True)), raw)
 
 
-def versions(folder: Path = SELECTED_DIR) -> list[Path]:
-    """The ``vN.toml`` files of ``folder``, oldest first."""
+def versions(folder: Path | None = None) -> list[Path]:
+    """The ``vN.toml`` files of ``folder`` (default ``SELECTED_DIR``), oldest first."""
+    folder = folder or SELECTED_DIR
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.glob("v*.toml") if (m := _VERSION.match(p.stem))]
@@ -196,8 +198,7 @@ def _segment_conflict(vsrc: str, vseg: dict, tseg, allow_source: bool) -> str | 
     if not held_out:
         why = ("" if allow_source else " (allow_source_val = false)") if v.base == DatasetSpec.parse(vsrc).base \
             else ""
-        return (f"its domain {v.base} is the {test}{why}; validate on a domain no test pair reads (synth-val) or on "
-                f"corrupted val scenes of the pair's own source")
+        return f"its domain {v.base} is the {test}{why}"
     if str(v) == str(t):
         return f"the same corrupted domain {v} is the {test}"
     if tseg.split == "val":
@@ -229,6 +230,9 @@ def validation_problems(val_cells: list, test_cells: list, allow_source: bool, c
                 why = _segment_conflict(vsrc, vseg.to_dict(), tseg, allow_source)
                 if why is None and check_scenes and vseg.spec.base == tseg.spec.base:
                     why = _shared_scenes(vcell, vseg, tcells[0], tseg, stream_names)
+                if why and why.startswith("its domain"):
+                    why += ("; validate on a domain that no test pair reads (e.g. synth-val) or on corrupted val "
+                            "scenes of the pair's own source")
                 if why:
                     grids = found.setdefault(f"validation pair {label}: {why}", [])
                     grids += [g for g in dict.fromkeys(c.grid for c in tcells) if g not in grids]
@@ -273,7 +277,8 @@ def check_grid(sel: Selection | None, cells: list, grid: str) -> None:
 @dataclass
 class Candidate:
     method: str
-    params: dict[str, Any]
+    params: dict[str, Any]  # the searched values
+    fixed: dict[str, Any]  # the values the selection grid's method table holds fixed
     cells: list = field(default_factory=list)  # validation cells of this candidate
 
 
@@ -333,7 +338,12 @@ def expand(grid, sel_table: dict) -> tuple[list[Candidate], list[str]]:
 
     cands: dict[tuple[str, str], Candidate] = {}
     skipped: list[str] = []
+    fixed: dict[str, dict] = {}
     for base in grid.cells:
+        if fixed.setdefault(base.method, base.params) != base.params:
+            raise BenchError(f"{grid.path}: method '{base.method}' appears with different parameters "
+                             f"({fixed[base.method]} and {base.params}); a selection grid lists each method once, "
+                             "with single values (its SEARCH space is what is crossed)")
         space = space_of(base.method, base.params, sel_table.get("space", {}))
         if not space:
             if base.method not in skipped:
@@ -346,7 +356,7 @@ def expand(grid, sel_table: dict) -> tuple[list[Candidate], list[str]]:
             plain["params"] = {**plain.get("params", {}), **params}
             cell = resolve(plain, f"{grid.path}: method '{base.method}' candidate {params}")
             key = (base.method, json.dumps(params, sort_keys=True))
-            cands.setdefault(key, Candidate(base.method, params)).cells.append(cell)
+            cands.setdefault(key, Candidate(base.method, params, dict(base.params))).cells.append(cell)
     return list(cands.values()), skipped
 
 
@@ -454,7 +464,8 @@ def _score(cands: list[Candidate], rows, budget_s: float | None) -> dict[str, di
                  "std": float(np.std(miou, ddof=1)) if len(miou) > 1 else 0.0, "cells": len(miou),
                  "adapt_s_per_scene": adapt, "within_budget": budget_s is None or adapt <= budget_s,
                  "per_pair": {k: float(np.mean(v)) for k, v in per_pair.items()}}
-        m = out.setdefault(cd.method, {"candidates": [], "selected": {}, "score": math.nan, "n_cells": len(miou)})
+        m = out.setdefault(cd.method, {"candidates": [], "selected": {}, "fixed": cd.fixed, "score": math.nan,
+                                       "n_cells": len(miou)})
         m["candidates"].append(entry)
         if entry["within_budget"] and not (entry["score"] <= m["score"]):  # NaN start: the first one in budget wins
             m["selected"], m["score"] = dict(cd.params), entry["score"]
@@ -496,8 +507,8 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
     for v in validation:
         lines += ["", "[[validation]]", f"source = {_value(v['source'])}", f"target = {_value(v['target'])}"]
     for m, r in result.items():
-        lines += ["", f"[methods.{_key(m)}]", f"selected = {_value(r['selected'])}", f"score = {_value(r['score'])}",
-                  f"validation_cells = {r['n_cells']}"]
+        lines += ["", f"[methods.{_key(m)}]", f"selected = {_value(r['selected'])}", f"fixed = {_value(r['fixed'])}",
+                  f"score = {_value(r['score'])}", f"validation_cells = {r['n_cells']}"]
         for cd in r["candidates"]:
             lines += ["", f"[[methods.{_key(m)}.candidates]]"]
             lines += [f"{_key(k)} = {_value(v)}" for k, v in cd.items()]
