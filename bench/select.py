@@ -6,8 +6,8 @@ of selected values, and how grids use it.
 selection grid (``bench/grids/select.toml``) is an ordinary grid file whose targets are *validation*
 streams, plus a ``[select]`` table: ``for_grids`` (the test grids the selection is for, "all" = every
 grid of ``bench/grids`` that is not itself a selection grid), ``allow_source_val`` (see below) and an
-optional ``[select.space.METHOD]`` table that replaces a method's declared space. A parameter that
-the selection grid's method table sets is held fixed and not searched.
+optional ``[select.space.METHOD]`` table that replaces a method's declared space. Each method appears
+once; a parameter that its table sets is held fixed (not searched) and recorded as ``fixed``.
 
 **Validation pairs never touch a test pair.** Before anything runs, every validation segment is
 checked against every cell of the test grids; a segment is refused when it reads a ``test`` split,
@@ -28,8 +28,9 @@ the first in the space's order) is written to a new version ``bench/selected/vN.
 validation pairs, seeds, date, git commit, grid, and every candidate's score.
 
 **Use.** ``load_grid`` applies the latest version (or the one a grid's ``selected`` key, the
-``--selected`` flag or ``$TTT_BENCH_SELECTED`` names; ``none`` = ignore) to every method table,
-for the parameters the table does not set: an explicit grid value always wins. A grid whose test
+``--selected`` flag or ``$TTT_BENCH_SELECTED`` names; ``none`` = ignore) to every method table:
+the selected and fixed values of the parameters the table does not set (an explicit grid value
+always wins) enter the cell's parameters, and its plain form records their origin under ``hp``. A grid whose test
 targets overlap the selection's validation pairs is refused. Every result row records the origin
 of each value: ``hp_source`` (``selected:vN``, ``grid``, ``default``, joined with ``+`` when they
 differ between parameters), ``hp_sources`` (JSON, per parameter), ``hp_selected_on`` (validation
@@ -285,20 +286,20 @@ class Candidate:
 def _select_table(raw: dict, path: Path) -> dict:
     t = raw.get("select")
     if not isinstance(t, dict):
-        raise BenchError(f"{path}: a selection grid needs a [select] table (keys: {', '.join(sorted(SELECT_KEYS))})")
+        raise BenchError(f"{path}: a selection grid needs a 'select' table (keys: {', '.join(sorted(SELECT_KEYS))})")
     bad = sorted(set(t) - SELECT_KEYS)
     if bad:
-        raise BenchError(f"{path}: [select] has unknown key(s) {', '.join(bad)}; "
+        raise BenchError(f"{path}: table 'select' has unknown key(s) {', '.join(bad)}; "
                          f"valid: {', '.join(sorted(SELECT_KEYS))}")
     fg = t.get("for_grids", "all")
     if not (fg == "all" or (isinstance(fg, list) and fg and all(isinstance(x, str) for x in fg))):
-        raise BenchError(f"{path}: [select] for_grids = {fg!r} must be \"all\" or a list of grid names/files")
+        raise BenchError(f"{path}: select.for_grids = {fg!r} must be \"all\" or a list of grid names/files")
     if not isinstance(t.get("allow_source_val", True), bool):
-        raise BenchError(f"{path}: [select] allow_source_val must be true or false")
+        raise BenchError(f"{path}: select.allow_source_val must be true or false")
     space = t.get("space", {})
     if not isinstance(space, dict) or not all(isinstance(v, dict) and all(isinstance(x, list) and x for x in v.values())
                                               for v in space.values()):
-        raise BenchError(f"{path}: [select.space.METHOD] tables must map parameters to non-empty lists of values")
+        raise BenchError(f"{path}: the select.space.METHOD tables must map parameters to non-empty lists of values")
     return t
 
 
@@ -394,7 +395,7 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
         log.info("no search space (nothing to select): %s", ", ".join(skipped))
     if not cands:
         raise BenchError(f"{grid.path}: none of its methods has a search space to select (SEARCH in the method's "
-                         "config, or [select.space.METHOD])")
+                         "config, or a select.space.METHOD table)")
     cells = [c for cd in cands for c in cd.cells]
     shared = {c.model_key() for c in test_cells}
     own = {c.model_key() for c in cells} - shared
