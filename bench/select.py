@@ -167,6 +167,14 @@ def apply_selection(sel: Selection | None, method: str, table: dict) -> tuple[di
     taken = {k: v for k, v in sel.values[method].items() if k not in table}
     if not taken:
         return table, None
+    from bench.registry import make_config
+    from methods import METHODS
+
+    try:
+        make_config(METHODS.get(method), taken, "method")
+    except BenchError as e:
+        raise BenchError(f"selected-values file {sel.path}, method '{method}': {e}; select again (`python -m bench "
+                         "select`) or use selected = \"none\"") from None
     hp = {"selected": taken, "from": sel.version, "on": sel.on(), "at": sel.created_at}
     return {**table, **taken}, hp
 

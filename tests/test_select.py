@@ -217,6 +217,10 @@ def test_which_file_a_grid_uses(tmp_path, monkeypatch):
     assert load_grid(str(grid)).cells[0].method_cfg.lr == 0.01  # the grid's key beats the environment
     with pytest.raises(BenchError, match=r"selected = 'v3': no .*v3\.toml \(versions: v1, v2, v10\)"):
         load_grid(str(grid), Overrides(selected="v3"))
+    bad = tmp_path / "selected" / "v1.toml"
+    bad.write_text(bad.read_text().replace("lr = 0.01", 'lr = "fast"'))
+    with pytest.raises(BenchError, match=r"selected-values file .*v1\.toml, method 'tent': .*lr"):
+        load_grid(str(grid))
 
 
 def test_every_declared_search_space_is_valid_and_small():
