@@ -69,8 +69,10 @@ def _finish(row: dict, cell: Cell, started: str, seconds: float) -> dict:
 
 
 def base_row(cell: Cell) -> dict:
-    """The columns that describe a cell's configuration and protocol (every row has them)."""
+    """The columns that describe a cell's configuration and protocol (every row has them), with the
+    origin of its hyper-parameters (``bench.select.hp_columns``: selected, grid or default)."""
     from bench.roles import role
+    from bench.select import hp_columns
 
     return {
         "cell_id": cell.cell_id, "grid": cell.grid, "method": cell.method, "label": cell.label,
@@ -85,6 +87,7 @@ def base_row(cell: Cell) -> dict:
         "train_cfg": json.dumps(cell.train_cfg, sort_keys=True),
         "views": str(cell.lift.views) if cell.teacher else "",
         "lift_tol": cell.lift.tol if cell.teacher else float("nan"),
+        **hp_columns(cell),
     }
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,report,compare,show,profile}``."""
+"""Command line: ``python -m bench {list,run,select,report,compare,show,profile}``."""
 
 from __future__ import annotations
 
@@ -47,6 +47,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="local checkpoint for a teacher, e.g. dinov2=/data/dinov2_vits14.pth")
     r.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
                    help="root of a real dataset, e.g. scannet=/data/scannet")
+    r.add_argument("--selected", metavar="none|latest|vN|FILE",
+                   help="selected hyper-parameters for the parameters the grid does not set (default: the grid's "
+                        "'selected' key, else the latest bench/selected/vN.toml); none = defaults only")
+
+    sel = sub.add_parser("select", help="choose each method's hyper-parameters on validation pairs (never test pairs)")
+    sel.add_argument("--grid", default="select", help="selection grid (default bench/grids/select.toml)")
+    sel.add_argument("--out", type=Path, help="file to write (default: the next version bench/selected/vN.toml)")
+    sel.add_argument("--runs", type=Path, help="run folder of the validation cells (default runs/select/NAME)")
+    sel.add_argument("--budget-s", type=float, help="exclude candidates that adapt longer than this per scene (s)")
+    sel.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                     help="select only for matching cells (repeatable), e.g. method=ttt_kd")
+    sel.add_argument("--dry-run", action="store_true", help="check the validation pairs, print the plan and exit")
+    sel.add_argument("--executor", default="auto", choices=["auto", "inprocess", "pool", "ray"])
+    sel.add_argument("--workers", type=int, default=0, help="processes (pool) or CPUs (ray); 0 = one per core")
+    sel.add_argument("--address", help="Ray cluster address (with --executor ray)")
+    sel.add_argument("--device", help="override the grid's device (cpu, cuda, cuda:1)")
 
     rep = sub.add_parser("report", help="turn a run or reference folder into tables and figures")
     rep.add_argument("--grid", default="id_ood", help="grid name: reads runs/NAME if it has results, else "
@@ -82,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cache import set_cache_dir
 
         set_cache_dir(args.cache_dir)
-        return {"list": cmd_list, "run": cmd_run, "report": cmd_report, "compare": cmd_compare, "show": cmd_show,
-                "profile": cmd_profile}[args.cmd](args)
+        return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
+                "show": cmd_show, "profile": cmd_profile}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
@@ -159,7 +175,7 @@ def cmd_run(args) -> int:
 
     if args.workers < 0:
         raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
-    overrides = Overrides(device=args.device, only=list(args.only),
+    overrides = Overrides(device=args.device, only=list(args.only), selected=args.selected,
                           teacher_weights=_kv(args.teacher_weights, "--teacher-weights", "dinov2=/w/dinov2_vits14.pth"),
                           data_roots=_kv(args.data_root, "--data-root", "scannet=/data/scannet"))
     from bench.executors import import_plugins
@@ -177,6 +193,19 @@ def cmd_run(args) -> int:
     res = run_grid(grid, out_dir, None, args.executor, args.workers, args.address, console, command,
                    reference=args.reference)
     return 1 if res["errors"] else 0
+
+
+def cmd_select(args) -> int:
+    from bench.executors import import_plugins
+    from bench.select import run_selection
+
+    if args.workers < 0:
+        raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    import_plugins()
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_selection(args.grid, args.out, args.runs, args.budget_s, args.executor, args.workers, args.address,
+                  list(args.only), args.device, args.dry_run, console, command)
+    return 0
 
 
 def _results_folder(grid: str) -> Path:

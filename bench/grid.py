@@ -4,7 +4,9 @@ A grid lists axes: ``backbones``, ``teachers``, ``methods`` (each a table with `
 ``label``, ``recipe``, ``train_on`` = "source"|"target", the cell settings ``views``, ``lift_tol`` and
 ``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds``,
 ``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``, ``features``, ``views``, ``lift_tol``,
-``predict``, ``[data_options.DATASET]`` and a ``[train]`` table of recipe settings.
+``predict``, ``[data_options.DATASET]``, a ``[train]`` table of recipe settings, and ``selected``: which
+file of selected hyper-parameters fills the method parameters the grid does not set ("latest" by
+default, "none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
@@ -41,7 +43,7 @@ from bench.spec import (
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
-            "train", "data_options"}
+            "train", "data_options", "selected", "select"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
 ONLY_KEYS = ("method", "label", "source", "target", "backbone", "teacher", "seed", "recipe", "views", "predict")
 
@@ -53,9 +55,11 @@ class Overrides:
     """Command-line overrides, applied while the grid loads: ``device`` replaces the grid's;
     ``teacher_weights`` (teacher name -> path) sets ``weights`` of every table of that teacher;
     ``data_roots`` (dataset -> path) sets ``[data_options.DATASET] root``; ``only`` (KEY=VALUE filters)
-    selects cells. A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
+    selects cells; ``selected`` (none, latest, vN or a file) replaces the grid's ``selected`` key (see
+    ``bench.select``). A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
 
     device: str | None = None
+    selected: str | None = None
     teacher_weights: dict[str, str] = field(default_factory=dict)
     data_roots: dict[str, str] = field(default_factory=dict)
     only: list[str] = field(default_factory=list)
@@ -229,6 +233,10 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     if problems.items:  # also check the method tables, then report everything at once
         _check_methods(raw, problems)
     problems.raise_if_any()
+    from bench.select import apply_selection, check_grid, grid_selection
+
+    selection = problems.check(grid_selection, raw, path, ov.selected)  # defaults that the grid may override
+    problems.raise_if_any()
 
     common = {
         "grid": name,
@@ -261,6 +269,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
                          f"parameters: {', '.join(sorted(valid))}")
             continue
+        table, hp = apply_selection(selection, m["name"], table)
         needs = getattr(entry.factory, "needs", Needs())
         recipe = m.get("recipe", needs.recipe)
         with_teacher = uses_teacher(needs, recipe)
@@ -275,6 +284,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
                          "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {})}
                 if isinstance(tgt, str):
                     plain["test_scenes"] = test_scenes
+                if hp:
+                    plain["hp"] = hp
                 c = problems.check(resolve, plain, where)
                 if c is not None:
                     cells.append(c)
@@ -282,6 +293,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise BenchError(f"{path}: some cells are listed twice (same method, parameters and axes)")
+    problems.check(check_grid, selection, cells, name)
 
     # overrides that no cell uses are mistakes: say which cells would use them
     used_teachers = {c.teacher["name"] for c in cells if c.teacher}

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ from methods.registry import METHODS
 
 @dataclass
 class AdaContrastConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (2e-5, 2e-4, 2e-3), "steps": (1, 2)}
     episodic: bool = False
     steps: int = 1
     lr: float = 2e-4

@@ -9,6 +9,17 @@ all methods are compared under one protocol.
 BatchNorm handling never calls ``model.train()`` (that would also switch dropout and any other
 train-time behaviour): only the normalisation layers are toggled, and every BN kind counts
 (``_BatchNorm`` covers BatchNorm1d/2d/3d and SyncBatchNorm; 3D backbones use BatchNorm1d).
+
+Search space: a method's config dataclass declares the candidates of its key hyper-parameters for
+``python -m bench select`` as a class variable (not a field, so not a parameter)::
+
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (5, 25, 50)}
+
+Every key is a field of the config and every value passes its type check. Declare at least the
+learning rate and, for a method with gradient steps per scene, ``steps``; a method without such
+parameters keeps the empty default. Keep spaces small (the selection crosses them and runs every
+candidate on every validation cell, on 2 CPU cores): three learning rates, two or three step
+counts. A subclass config inherits its parent's space; redeclare it where the defaults differ.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ class Needs:
 
 @dataclass
 class MethodConfig:
+    SEARCH: ClassVar[dict[str, tuple]] = {}  # candidates for `bench select` (see the module docstring)
     episodic: bool = True  # reset to the source model before every scene
     lr: float = 1e-3
     optimizer: str = "adam"  # adam or sgd (momentum 0.9)

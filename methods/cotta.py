@@ -28,6 +28,7 @@ count). Augmentations: ``methods.augment.augment_batch`` (rotation about z, scal
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -38,6 +39,7 @@ from methods.registry import METHODS
 
 @dataclass
 class CoTTAConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 2)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,7 @@ from methods.registry import METHODS
 
 @dataclass
 class DeYOConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

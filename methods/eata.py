@@ -37,6 +37,7 @@ definition.
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ from methods.registry import METHODS
 
 @dataclass
 class EATAConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

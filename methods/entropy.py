@@ -2,6 +2,7 @@
 "full" variant of entropy-based TTA, cf. Wang et al. 2021 and Niu et al. 2022 ablations)."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backbones.losses import entropy
 from methods.base import Method, MethodConfig, set_bn_mode
@@ -10,6 +11,7 @@ from methods.registry import METHODS
 
 @dataclass
 class EntropyConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-5, 1e-4, 1e-3), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-4

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -39,6 +40,7 @@ from methods.registry import METHODS
 
 @dataclass
 class MEMOConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (2.5e-5, 2.5e-4, 2.5e-3), "steps": (1, 2)}
     episodic: bool = True  # MEMO adapts on each test input from the source model
     steps: int = 1
     lr: float = 2.5e-4

@@ -36,6 +36,7 @@ lr per dataset for image models).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ from methods.registry import METHODS
 
 @dataclass
 class ROIDConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -54,6 +55,7 @@ from methods.registry import METHODS
 
 @dataclass
 class RoTTAConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2)}
     episodic: bool = False
     lr: float = 1e-3
     memory_size: int = 64

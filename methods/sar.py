@@ -36,6 +36,7 @@ is what the official code returns as its prediction.
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -48,6 +49,7 @@ from methods.registry import METHODS
 
 @dataclass
 class SARConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

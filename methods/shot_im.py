@@ -27,6 +27,7 @@ statistics move with momentum ``bn_momentum`` (0.1, PyTorch's default, used by S
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -37,6 +38,7 @@ from methods.registry import METHODS
 
 @dataclass
 class ShotIMConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-2

@@ -9,6 +9,7 @@ lr 1e-3, 1 step per scene (the official CIFAR-10-C setting; its ImageNet setting
 the official code returns as its prediction."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backbones.losses import entropy
 from methods.base import Method, MethodConfig, bn_affine_params, set_bn_mode
@@ -17,6 +18,7 @@ from methods.registry import METHODS
 
 @dataclass
 class TentConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     episodic: bool = False  # Tent adapts online over the stream
     steps: int = 1
     lr: float = 1e-3

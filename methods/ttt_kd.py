@@ -20,6 +20,7 @@ predicts with a separate forward after the steps (the harness default ``predict 
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backbones.losses import distill_loss
 from methods.base import Method, MethodConfig, Needs, set_bn_mode
@@ -28,6 +29,7 @@ from methods.registry import METHODS
 
 @dataclass
 class TTTKDConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (5, 25, 50)}
     steps: int = 5
     lr: float = 1e-4
     loss: str = "cosine"  # cosine or l2
@@ -64,6 +66,7 @@ class TTTKD(Method):
 
 @dataclass
 class TTTKDOnlineConfig(TTTKDConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (1, 3)}
     episodic: bool = False
     steps: int = 1
     stride: int = 1  # a TTT step on every stride-th scene of the stream

@@ -5,6 +5,7 @@ updating the backbone only (heads frozen), then predict; episodic by default. ``
 None: the adapting forwards see a masked scene, so the prediction is always a separate forward."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backbones.losses import block_mask, masked_input, reconstruction_loss
 from methods.base import Method, MethodConfig, Needs, set_bn_mode
@@ -13,6 +14,7 @@ from methods.registry import METHODS
 
 @dataclass
 class TTTMAEConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (5, 25, 50)}
     steps: int = 5
     lr: float = 1e-4
     mask_ratio: float = 0.5
