@@ -209,6 +209,10 @@ class Cell:
         if len(self.stream) == 1:
             return self.stream[0].dataset + self.protocol.label()
         sep = ">" if self.protocol.order == "sequential" else "+"
+        specs = [s.spec for s in self.stream]
+        if len({(d.base, d.corruption) for d in specs}) == 1 and specs[0].corruption:  # a gradual stream
+            return f"{specs[0].base}:{specs[0].corruption}@" + sep.join(str(d.severity) for d in specs) + \
+                self.protocol.label()
         return sep.join(s.dataset for s in self.stream) + self.protocol.label()
 
     @property
