@@ -174,7 +174,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
             prepare_s = time.perf_counter() - t
         for index, (k, name) in enumerate(items):
             if probe is not None and index % cell.protocol.probe_every == 0:
-                probe_rows += _probe(cell, method, probe, index, base_seed, fc, device)
+                probe_rows += _probe(cell, method, probe, index, base_seed, device)
             seg, target, classes = cell.stream[k], datasets[k], seg_classes[k]
             scene = load_scene(target, name, fc is not None)
             inp = _scene_input(cell, scene, index, base_seed + index, fc, target, device)
@@ -208,7 +208,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                 row.setdefault(key if key not in row else f"diag_{key}", value)
             scene_rows.append(row)
         if probe is not None:  # a last probe after the whole stream
-            probe_rows += _probe(cell, method, probe, len(items), base_seed, fc, device)
+            probe_rows += _probe(cell, method, probe, len(items), base_seed, device)
     seg_rows = []
     for (k, _, names), seg in zip(segments, cell.stream):
         if conf_seg[k].sum() == 0:
@@ -254,7 +254,7 @@ def stream_order(cell: Cell, items: list[tuple[int, str]], datasets: dict, with_
     return order_stream(items, cell.protocol.order, cell.protocol.order_seed, key)
 
 
-def _probe(cell: Cell, method, probe, position: int, base_seed: int, fc, device: str) -> list[dict]:
+def _probe(cell: Cell, method, probe, position: int, base_seed: int, device: str) -> list[dict]:
     """The forgetting probe at stream ``position`` (target scenes adapted so far): the method's
     prediction on each clean source val scene, without adapting; the model's weights and buffers are
     restored afterwards, so the probe never changes the stream's numbers. An episodic method is
@@ -268,8 +268,8 @@ def _probe(cell: Cell, method, probe, position: int, base_seed: int, fc, device:
     saved = copy.deepcopy(method.model.state_dict())
     rows = []
     for j, name in enumerate(names):
-        scene = load_scene(src, name, fc is not None)
-        inp = _scene_input(cell, scene, position, base_seed + 2_000_003 + 1_009 * position + j, fc, src, device)
+        scene = load_scene(src, name, False)  # predictions never read teacher features
+        inp = _scene_input(cell, scene, position, base_seed + 2_000_003 + 1_009 * position + j, None, src, device)
         pred = method.predict(inp).argmax(1).cpu().numpy()
         conf = confusion(pred, scene.label, NUM_CLASSES, classes)
         rows.append({"cell_id": cell.cell_id, "scene": f"probe@{position}/{name}", "index": position, "segment": -1,
