@@ -314,6 +314,15 @@ def _panels(keys: list, width: float = 5.0, height: float = 3.4):
     return fig, axes
 
 
+def _legend(axes) -> tuple[list, list]:
+    """Legend entries of every panel, each label once (a row may be absent from some panels)."""
+    seen: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
+
+
 def rolling_position(sc: pd.DataFrame, window: int) -> pd.DataFrame:
     """Mean per-scene mIoU over seeds at each stream position, then a centred rolling mean over
     ``window`` positions (fewer at the ends). Columns: index, miou."""
@@ -350,7 +359,7 @@ def stream_position(res: Results):
         ax.set_xlabel("position in the stream (scene)")
         ax.set_ylabel(f"mIoU (%), rolling mean of {window}")
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = _legend(axes)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle("mIoU against the position in the stream (mean over seeds)")
     yield "fig_stream_position", fig
@@ -389,7 +398,7 @@ def forgetting(res: Results):
         ax.set_xlabel("target scenes adapted")
         ax.set_ylabel(f"probe mIoU (%) on clean {src}")
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = _legend(axes)
     fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle("forgetting: source mIoU along the stream (mean over seeds)")
     yield "fig_forgetting", fig
