@@ -2,8 +2,11 @@
 
 (1) get the model from the checkpoint cache, training it if absent (``bench.models``); (2) hand the
 method its clean source scenes once if it declares ``needs.source_scenes`` (``prepare``); (3) run the
-method over the target stream, segment after segment (reset before each scene when episodic), with
-the teacher features of each scene when the method needs them; (4) take each scene's prediction
+method over the target stream in the protocol's order (segment after segment, shuffled, or by
+dominant class), resetting before each scene when episodic and every ``reset_every`` scenes when
+online, with the teacher features of each scene when the method needs them, and the forgetting probe
+(clean source val scenes predicted without adapting, rows marked ``probe``, outside the main mIoU)
+before the stream, every ``probe_every`` scenes and once at the end; (4) take each scene's prediction
 (``predict = "after"``: a separate forward after adapting; ``"same"``: the logits of the method's last
 adapting forward, or a separate forward where the method has none) and return one row per scene and
 one row for the cell.
@@ -11,6 +14,7 @@ one row for the cell.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -25,7 +29,7 @@ from bench.env import versions
 from bench.errors import BenchError
 from bench.memory import PeakMemory
 from bench.metrics import accuracy, confusion, iou_per_class, miou
-from bench.spec import Cell
+from bench.spec import Cell, order_stream, scene_order_key
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def base_row(cell: Cell) -> dict:
     return {
         "cell_id": cell.cell_id, "grid": cell.grid, "method": cell.method, "label": cell.label,
         "role": role(cell.method, cell.recipe, cell.train_on, cell.teacher["name"] if cell.teacher else None),
-        "params": json.dumps(cell.params, sort_keys=True), "episodic": cell.episodic,
+        "params": json.dumps(row_params(cell), sort_keys=True), "episodic": cell.episodic,
         "predict": cell.predict, "recipe": cell.recipe, "train_on": cell.train_on,
         "backbone": cell.backbone["name"], "backbone_cfg": json.dumps(cell.backbone, sort_keys=True),
         "teacher": _teacher_label(cell.teacher), "source": cell.source, "target": cell.target,
@@ -88,7 +92,22 @@ def base_row(cell: Cell) -> dict:
         "views": str(cell.lift.views) if cell.teacher else "",
         "lift_tol": cell.lift.tol if cell.teacher else float("nan"),
         **hp_columns(cell),
+        **protocol_columns(cell),
     }
+
+
+def row_params(cell: Cell) -> dict:
+    """The row's ``params``: the method's parameters, plus ``reset_every`` where set (a protocol
+    setting that the report must tell apart, as it tells parameters apart)."""
+    p = cell.protocol.reset_every
+    return {**cell.params, "reset_every": p} if p else dict(cell.params)
+
+
+def protocol_columns(cell: Cell) -> dict:
+    """The stream protocol's columns (scenario): scene order, periodic reset, forgetting probe."""
+    p = cell.protocol
+    return {"order": p.order, "order_seed": p.order_seed, "reset_every": p.reset_every,
+            "probe_every": p.probe_every, "probe_scenes": p.probe_scenes if p.probe_every else 0}
 
 
 def _teacher_label(t: dict | None) -> str:
@@ -124,17 +143,28 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     model, ckpt = get_model(cell)
     method = METHODS.get(cell.method).factory(cfg=cell.method_cfg, model=model)
     source = dataset_for(cell, cell.training_data())
-    segments = stream_names(cell)
+    all_segments = stream_names(cell)
+    segments = [s for s in all_segments if s[0] >= 0]
+    probe = next((s for s in all_segments if s[0] < 0), None)
     for (_, ds, names), seg in zip(segments, cell.stream):
         if not names:
             raise BenchError(f"target {seg.dataset} ({seg.split} split): no scenes; check test_scenes / the "
                              "segment's scenes and the dataset's folder")
         ds.ensure(names, workers=torch.get_num_threads())
+    if probe is not None:
+        if not probe[2]:
+            raise BenchError(f"forgetting probe: source {cell.source} has no val scenes; set probe_scenes >= 1 and "
+                             "check the dataset's val split")
+        probe[1].ensure(probe[2], workers=torch.get_num_threads())
     fc = feature_cache(cell) if cell.method_uses_teacher else None
     base_seed = int(cell.cell_id[:8], 16)
     conf_total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    all_classes: set[int] = set()
-    scene_rows, seg_rows, adapt_s, infer_s, prepare_s, steps = [], [], 0.0, 0.0, 0.0, []
+    datasets = {k: ds for k, ds, _ in segments}
+    seg_classes = {k: eval_classes(source.classes, ds.classes) for k, ds in datasets.items()}
+    conf_seg = {k: np.zeros_like(conf_total) for k in datasets}
+    items = stream_order(cell, [(k, name) for k, _, names in segments for name in names], datasets, fc is not None)
+    scene_rows, probe_rows, adapt_s, infer_s, prepare_s, steps, n_resets = [], [], 0.0, 0.0, 0.0, [], 0
+    every = cell.protocol.reset_every
     with PeakMemory(device) as mem:
         if cell.needs.source_scenes:
             src = dataset_for(cell, cell.source)
@@ -145,51 +175,55 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                                    src, device) for j, n in enumerate(names)]
             method.prepare(inputs)
             prepare_s = time.perf_counter() - t
-        index = 0
-        for (k, target, names), seg in zip(segments, cell.stream):
-            classes = eval_classes(source.classes, target.classes)
-            all_classes.update(classes)
-            conf_seg = np.zeros_like(conf_total)
-            for name in names:
-                scene = load_scene(target, name, fc is not None)
-                inp = _scene_input(cell, scene, index, base_seed + index, fc, target, device)
-                if cell.episodic:
-                    method.reset()
-                method.last_output = None
-                t = time.perf_counter()
-                n_steps = method.adapt(inp)
-                _sync(device)
-                ta = time.perf_counter() - t
-                t = time.perf_counter()
-                if cell.predict == "same" and method.last_output is not None:
-                    logits, used = method.last_output, "same"
-                else:
-                    logits, used = method.predict(inp), "after"
-                pred = logits.argmax(1).cpu().numpy()
-                _sync(device)
-                ti = time.perf_counter() - t
-                conf = confusion(pred, scene.label, NUM_CLASSES, classes)
-                conf_seg += conf
-                adapt_s, infer_s = adapt_s + ta, infer_s + ti
-                steps.append(n_steps)
-                row = {"cell_id": cell.cell_id, "scene": name, "index": index, "segment": k,
-                       "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
-                       "miou": miou(conf, classes), "acc": accuracy(conf), "steps": n_steps, "adapt_s": ta,
-                       "infer_s": ti, "predicted_by": used, "conf": conf.reshape(-1).tolist()}
-                for key, value in (getattr(scene, "diagnostics", None) or {}).items():
-                    row.setdefault(key if key not in row else f"diag_{key}", value)
-                scene_rows.append(row)
-                index += 1
-            if conf_seg.sum() == 0:
-                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-                shared = ", ".join(CLASSES[c] for c in classes) or "none"
-                raise BenchError(f"target {seg.dataset} ({seg.split} split, scenes {shown}): no point is labelled "
-                                 f"with a class that the source and target share ({shared}), so mIoU is undefined; "
-                                 "check the dataset's label files and class mapping")
-            conf_total += conf_seg
-            seg_rows.append({"segment": k, "dataset": seg.dataset, "split": seg.split, "scenes": len(names),
-                             "miou": miou(conf_seg, classes)})
-    classes = tuple(sorted(all_classes))
+        for index, (k, name) in enumerate(items):
+            if probe is not None and index % cell.protocol.probe_every == 0:
+                probe_rows += _probe(cell, method, probe, index, base_seed, device)
+            seg, target, classes = cell.stream[k], datasets[k], seg_classes[k]
+            scene = load_scene(target, name, fc is not None)
+            inp = _scene_input(cell, scene, index, base_seed + index, fc, target, device)
+            reset = cell.episodic or (every > 0 and index > 0 and index % every == 0)
+            if reset:
+                method.reset()
+                n_resets += not cell.episodic
+            method.last_output = None
+            t = time.perf_counter()
+            n_steps = method.adapt(inp)
+            _sync(device)
+            ta = time.perf_counter() - t
+            t = time.perf_counter()
+            if cell.predict == "same" and method.last_output is not None:
+                logits, used = method.last_output, "same"
+            else:
+                logits, used = method.predict(inp), "after"
+            pred = logits.argmax(1).cpu().numpy()
+            _sync(device)
+            ti = time.perf_counter() - t
+            conf = confusion(pred, scene.label, NUM_CLASSES, classes)
+            conf_seg[k] += conf
+            adapt_s, infer_s = adapt_s + ta, infer_s + ti
+            steps.append(n_steps)
+            row = {"cell_id": cell.cell_id, "scene": scene_key(cell, k, name), "index": index, "segment": k,
+                   "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
+                   "miou": miou(conf, classes), "acc": accuracy(conf), "steps": n_steps, "adapt_s": ta,
+                   "infer_s": ti, "predicted_by": used, "reset": bool(reset), "probe": False,
+                   "conf": conf.reshape(-1).tolist()}
+            for key, value in (getattr(scene, "diagnostics", None) or {}).items():
+                row.setdefault(key if key not in row else f"diag_{key}", value)
+            scene_rows.append(row)
+        if probe is not None:  # a last probe after the whole stream
+            probe_rows += _probe(cell, method, probe, len(items), base_seed, device)
+    seg_rows = []
+    for (k, _, names), seg in zip(segments, cell.stream):
+        if conf_seg[k].sum() == 0:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            shared = ", ".join(CLASSES[c] for c in seg_classes[k]) or "none"
+            raise BenchError(f"target {seg.dataset} ({seg.split} split, scenes {shown}): no point is labelled "
+                             f"with a class that the source and target share ({shared}), so mIoU is undefined; "
+                             "check the dataset's label files and class mapping")
+        conf_total += conf_seg[k]
+        seg_rows.append({"segment": k, "dataset": seg.dataset, "split": seg.split, "scenes": len(names),
+                         "miou": miou(conf_seg[k], seg_classes[k])})
+    classes = tuple(sorted(set().union(*seg_classes.values())))
     iou = iou_per_class(conf_total)
     n = max(1, len(steps))
     row = {"miou": miou(conf_total, classes), "acc": accuracy(conf_total),
@@ -199,10 +233,69 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
            "teacher_s": fc.seconds if fc else 0.0, "teacher_cache_hits": fc.hits if fc else 0,
            "teacher_cache_misses": fc.misses if fc else 0, "train_s": ckpt["train_seconds"],
            "checkpoint_cache": ckpt["cache"], "peak_mem_mb": mem.peak_mb, "mem_kind": mem.kind,
-           "segments": json.dumps(seg_rows)}
+           "segments": json.dumps(seg_rows), "n_resets": n_resets, **_probe_summary(probe_rows, source.classes)}
     for c, name in enumerate(CLASSES):
         row[f"iou_{name}"] = float(iou[c]) if c in classes else float("nan")
-    return row, scene_rows
+    return row, scene_rows + probe_rows
+
+
+def scene_key(cell: Cell, k: int, name: str) -> str:
+    """A scene row's ``scene``: its name, prefixed by its segment's dataset spec in a stream of several
+    segments (so it is unique in the cell: the report pairs cells scene by scene)."""
+    return name if len(cell.stream) == 1 else f"{cell.stream[k].dataset}/{name}"
+
+
+def stream_order(cell: Cell, items: list[tuple[int, str]], datasets: dict, with_views: bool) -> list[tuple[int, str]]:
+    """The (segment, scene) pairs of the stream in the cell's order ("by_class" reads each scene's
+    labels once, before the stream runs, to sort by ``scene_order_key``)."""
+    from bench.resources import load_scene
+
+    key = None
+    if cell.protocol.order == "by_class":
+        keys = {it: scene_order_key(load_scene(datasets[it[0]], it[1], with_views)) for it in items}
+        key = keys.__getitem__
+    return order_stream(items, cell.protocol.order, cell.protocol.order_seed, key)
+
+
+def _probe(cell: Cell, method, probe, position: int, base_seed: int, device: str) -> list[dict]:
+    """The forgetting probe at stream ``position`` (target scenes adapted so far): the method's
+    prediction on each clean source val scene, without adapting; the model's weights and buffers are
+    restored afterwards, so the probe never changes the stream's numbers. An episodic method is
+    reset first (it starts every scene from the source model anyway)."""
+    from bench.resources import load_scene
+
+    _, src, names = probe
+    classes = tuple(src.classes)
+    if cell.episodic:
+        method.reset()
+    saved = copy.deepcopy(method.model.state_dict())
+    rows = []
+    for j, name in enumerate(names):
+        scene = load_scene(src, name, False)  # predictions never read teacher features
+        inp = _scene_input(cell, scene, position, base_seed + 2_000_003 + 1_009 * position + j, None, src, device)
+        pred = method.predict(inp).argmax(1).cpu().numpy()
+        conf = confusion(pred, scene.label, NUM_CLASSES, classes)
+        rows.append({"cell_id": cell.cell_id, "scene": f"probe@{position}/{name}", "index": position, "segment": -1,
+                     "dataset": cell.source, "split": "val", "n_points": scene.num_points, "miou": miou(conf, classes),
+                     "acc": accuracy(conf), "steps": 0, "adapt_s": 0.0, "infer_s": 0.0, "predicted_by": "after",
+                     "reset": False, "probe": True, "conf": conf.reshape(-1).tolist()})
+    method.model.load_state_dict(saved)
+    return rows
+
+
+def _probe_summary(rows: list[dict], classes) -> dict:
+    """Cell columns of the forgetting probe: probe mIoU per position (each over its scenes' summed
+    confusion), first and last, and forgetting = first - last (NaN without a probe)."""
+    if not rows:
+        return {"probe_miou_first": float("nan"), "probe_miou_last": float("nan"), "forgetting": float("nan"),
+                "probe_curve": "[]"}
+    curve = []
+    for pos in sorted({r["index"] for r in rows}):
+        conf = sum(np.asarray(r["conf"]).reshape(NUM_CLASSES, NUM_CLASSES) for r in rows if r["index"] == pos)
+        curve.append({"position": pos, "miou": miou(conf, tuple(classes))})
+    first, last = curve[0]["miou"], curve[-1]["miou"]
+    return {"probe_miou_first": first, "probe_miou_last": last, "forgetting": first - last,
+            "probe_curve": json.dumps(curve)}
 
 
 def _sync(device: str) -> None:

@@ -12,7 +12,9 @@ Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"``
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
 test split), and/or as ``streams``: tables ``{source = "A", target = [{dataset = "B", split = "test",
 scenes = 6}, {dataset = "C"}, ...]}`` whose segments a cell runs in order without reset beyond the
-method's own protocol (continual, gradual or mixed scenarios are such lists).
+method's own protocol (continual, gradual or mixed scenarios are such lists). A stream table may also
+set the scenario options of ``bench.spec.StreamProtocol``: ``order``, ``order_seed``, ``probe_every``,
+``probe_scenes`` (``reset_every`` is a cell setting: top level or in a method table).
 
 A teacher axis only multiplies cells that use a teacher (a teacher-trained recipe, or a method whose
 ``needs.teacher`` is set); other cells get no teacher. Loading validates everything a run will use
@@ -31,6 +33,8 @@ from bench.errors import BenchError
 from bench.spec import (
     CELL_SETTINGS,
     DEFAULTS,
+    PROTOCOL_DEFAULTS,
+    STREAM_KEYS,
     Cell,
     check_predict,
     check_tol,
@@ -43,7 +47,7 @@ from bench.spec import (
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
-            "train", "data_options", "selected", "select"}
+            "train", "data_options", "selected", "select", "reset_every"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
 ONLY_KEYS = ("method", "label", "source", "target", "backbone", "teacher", "seed", "recipe", "views", "predict")
 
@@ -125,15 +129,16 @@ def _cross(params: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*vals)]
 
 
-def _pairs(raw: dict) -> list[tuple[str, Any]]:
-    """(source, target) of every target: pairs give a target spec string, streams a list of segments."""
+def _pairs(raw: dict) -> list[tuple[str, Any, dict]]:
+    """(source, target, stream options) of every target: pairs give a target spec string and no
+    options, streams a spec or a list of segments and their scenario options (``STREAM_KEYS``)."""
     datasets = raw.get("datasets", [])
     pairs_raw = raw.get("pairs", "all" if "streams" not in raw else [])
     out: list[tuple[str, Any]] = []
     if pairs_raw == "all":
         if not datasets or not isinstance(datasets, list):
             raise BenchError("pairs = 'all' needs a 'datasets' list")
-        out += [(a, b) for a in datasets for b in datasets]
+        out += [(a, b, {}) for a in datasets for b in datasets]
     elif isinstance(pairs_raw, list):
         for p in pairs_raw:
             if isinstance(p, str) and "->" in p:
@@ -142,17 +147,21 @@ def _pairs(raw: dict) -> list[tuple[str, Any]]:
                 a, b = p
             else:
                 raise BenchError(f"pair {p!r} must be 'SOURCE->TARGET' or [SOURCE, TARGET]")
-            out.append((a, b))
+            out.append((a, b, {}))
     else:
         raise BenchError("'pairs' must be 'all' or a list of 'SOURCE->TARGET'")
     streams = raw.get("streams", [])
     if not isinstance(streams, list):
         raise BenchError("'streams' must be a list of tables {source = ..., target = [segments]}")
     for i, s in enumerate(streams):
-        if not isinstance(s, dict) or set(s) != {"source", "target"}:
-            raise BenchError(f"streams[{i}] must be a table with exactly 'source' and 'target' "
-                             f"(a list of {{dataset, split, scenes}} segments), got {s!r}")
-        out.append((s["source"], s["target"]))
+        if not isinstance(s, dict) or not {"source", "target"} <= set(s) or set(s) - {"source", "target",
+                                                                                       *STREAM_KEYS}:
+            raise BenchError(f"streams[{i}] must be a table with 'source' and 'target' (a dataset spec or a list of "
+                             f"{{dataset, split, scenes}} segments) and optionally {', '.join(STREAM_KEYS)}; "
+                             f"got {s!r}")
+        # an option at its default stays out of the plain form (the cell id does not change)
+        out.append((s["source"], s["target"], {k: v for k, v in s.items()
+                                               if k in STREAM_KEYS and v != PROTOCOL_DEFAULTS[k]}))
     if not out:
         raise BenchError("no targets: give 'pairs' (or 'datasets' for all pairs) or 'streams'")
     return out
@@ -249,6 +258,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     }
     # cell settings given at grid level enter a cell's plain form only when they differ from the
     # default (so grids written before these settings existed keep their cell ids)
+    if raw.get("reset_every", 0) != 0:
+        common["reset_every"] = raw["reset_every"]
     for key in ("views", "predict"):
         if key in raw and raw[key] != DEFAULTS[key]:
             common[key] = raw[key]
@@ -277,11 +288,12 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             problems.add(f"{where} (recipe {recipe}) needs a teacher; add a 'teachers' list")
             continue
         for p in _cross(table):
-            for bb, t, (src, tgt), seed in itertools.product(backbones, teachers if with_teacher else [None],
+            for bb, t, (src, tgt, opts), seed in itertools.product(backbones, teachers if with_teacher else [None],
                                                              targets, raw.get("seeds", [0])):
                 plain = {**common, "method": m["name"], "label": m.get("label", m["name"]), "params": p,
                          "recipe": recipe, "train_on": m.get("train_on", "source"), "backbone": bb,
-                         "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {})}
+                         "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {}),
+                         **opts}
                 if isinstance(tgt, str):
                     plain["test_scenes"] = test_scenes
                 if hp:

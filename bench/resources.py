@@ -68,11 +68,17 @@ def train_val_names(cell: Cell, ds) -> tuple[list[str], list[str]]:
 
 
 def stream_names(cell: Cell) -> list[tuple[int, object, list[str]]]:
-    """(segment index, dataset, scene names) of each segment of the cell's target stream."""
+    """(segment index, dataset, scene names) of each segment of the cell's target stream, then, for a
+    cell with a forgetting probe, (-1, source dataset, its probe scenes: clean scenes of the source's
+    val split after those the model was validated on)."""
     out = []
     for i, seg in enumerate(cell.stream):
         ds = dataset_for(cell, seg.dataset)
-        out.append((i, ds, ds.scene_names(seg.split, seg.scenes)))
+        out.append((i, ds, ds.scene_names(seg.split, seg.start + seg.scenes if seg.scenes else 0)[seg.start:]))
+    if cell.protocol.probe_every:
+        src = dataset_for(cell, cell.source)
+        skip = cell.val_scenes if cell.training_data() == cell.source else 0  # not the model's own val scenes
+        out.append((-1, src, src.scene_names("val", skip + cell.protocol.probe_scenes)[skip:]))
     return out
 
 

@@ -12,6 +12,15 @@ The target is a *stream*: an ordered list of :class:`Segment` (dataset spec, spl
 classic source->target pair is one segment of the target's test split; its plain form keeps the
 ``target`` string and ``test_scenes`` count (as before streams existed, so cell ids are unchanged).
 Longer streams write ``target`` as a list of segment tables.
+
+How the stream is run is the cell's :class:`StreamProtocol` (scenarios): ``order`` of the scenes
+("sequential": segment after segment, the continual and gradual scenarios; "shuffled": every scene
+of every segment in one seeded random order, the mixed scenario; "by_class": sorted by the scene's
+dominant labelled object class, then its room type where the scene carries one, the correlated
+scenario), ``reset_every`` (an online method is reset to the source model every K scenes, as RDumb
+does) and a forgetting probe (``probe_every`` N scenes, ``probe_scenes`` clean scenes of the
+source's val split are predicted without adapting and tracked apart from the main mIoU). Each
+enters the plain form only when it differs from its default, so cell ids of older grids hold.
 """
 
 from __future__ import annotations
@@ -28,19 +37,26 @@ from bench.errors import BenchError
 SPLITS = ("train", "val", "test")
 PREDICT = ("after", "same")  # when the prediction is taken: a separate forward after adapting, or the adapting one
 # per-cell settings that a method table may also set (they are not method parameters)
-CELL_SETTINGS = ("views", "lift_tol", "predict")
+CELL_SETTINGS = ("views", "lift_tol", "predict", "reset_every")
 DEFAULTS = {"views": "all", "lift_tol": 0.1, "predict": "after", "split": "test", "test_scenes": 8,
             "train_scenes": 16, "val_scenes": 2, "features": ("color", "normal"), "device": "cpu"}
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+ORDERS = ("sequential", "shuffled", "by_class")
+# options of a grid's stream table (besides source and target) and the protocol's defaults
+STREAM_KEYS = ("order", "order_seed", "probe_every", "probe_scenes")
+PROTOCOL_DEFAULTS = {"order": "sequential", "order_seed": 0, "reset_every": 0, "probe_every": 0, "probe_scenes": 2}
+STRUCTURAL = ("wall", "floor", "ceiling")  # not counted as a scene's dominant class while it has objects
 
 
 @dataclass(frozen=True)
 class Segment:
-    """A part of a target stream: ``scenes`` scenes (0 = all) of ``split`` of dataset spec ``dataset``."""
+    """A part of a target stream: ``scenes`` scenes (0 = all) of ``split`` of dataset spec ``dataset``,
+    from the split's scene number ``start`` on (so two segments of one dataset can read disjoint scenes)."""
 
     dataset: str
     split: str = "test"
     scenes: int = 8
+    start: int = 0
 
     @property
     def spec(self):
@@ -49,7 +65,87 @@ class Segment:
         return DatasetSpec.parse(self.dataset)
 
     def to_dict(self) -> dict:
-        return {"dataset": self.dataset, "split": self.split, "scenes": self.scenes}
+        d = {"dataset": self.dataset, "split": self.split, "scenes": self.scenes}
+        return {**d, "start": self.start} if self.start else d
+
+    def overlaps(self, other: Segment) -> bool:
+        """Both read some same scene (same dataset spec and split, intersecting scene ranges)."""
+        if (self.dataset, self.split) != (other.dataset, other.split):
+            return False
+        end = lambda s: float("inf") if s.scenes == 0 else s.start + s.scenes  # noqa: E731
+        return self.start < end(other) and other.start < end(self)
+
+
+@dataclass(frozen=True)
+class StreamProtocol:
+    """How a cell runs its stream: scene order, periodic reset and the forgetting probe."""
+
+    order: str = "sequential"  # sequential | shuffled | by_class
+    order_seed: int = 0  # seed of the "shuffled" order
+    reset_every: int = 0  # reset an online method to the source model every K scenes (0 = never)
+    probe_every: int = 0  # predict the probe scenes every N target scenes (0 = no probe)
+    probe_scenes: int = 2  # clean scenes of the source's val split in each probe
+
+    def label(self) -> str:
+        """A short suffix for the target label ('' for the default protocol)."""
+        parts = [self.order if self.order != "sequential" else ""]
+        parts.append(f"probe/{self.probe_every}" if self.probe_every else "")
+        shown = " ".join(p for p in parts if p)
+        return f" [{shown}]" if shown else ""
+
+
+def parse_protocol(d: dict, settings: dict, where: str) -> StreamProtocol:
+    """The stream protocol of a cell's plain form ``d`` (``reset_every`` may also come from the
+    method table's ``settings``), validated with messages that name the bad value."""
+    order = d.get("order", PROTOCOL_DEFAULTS["order"])
+    if order not in ORDERS:
+        raise BenchError(f"{where}: order = {order!r} unknown; valid: {', '.join(repr(o) for o in ORDERS)}")
+    seed = d.get("order_seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BenchError(f"{where}: order_seed = {seed!r} must be a whole number")
+    if "order_seed" in d and order != "shuffled":
+        raise BenchError(f"{where}: order_seed only applies to order = 'shuffled' (order is {order!r}); remove it")
+    reset = _count(settings.get("reset_every", d.get("reset_every", 0)), f"{where}: reset_every")
+    every = _count(d.get("probe_every", 0), f"{where}: probe_every")
+    n = _count(d.get("probe_scenes", PROTOCOL_DEFAULTS["probe_scenes"]), f"{where}: probe_scenes", 1)
+    if "probe_scenes" in d and not every:
+        raise BenchError(f"{where}: probe_scenes = {n} without probe_every; set probe_every = N (probe every N "
+                         "target scenes) or remove probe_scenes")
+    return StreamProtocol(order, seed, reset, every, n)
+
+
+def order_stream(items: list, order: str, seed: int = 0, key=None) -> list:
+    """``items`` (a stream's scenes, in segment order) in the protocol's ``order``: unchanged for
+    "sequential", a permutation drawn from ``seed`` for "shuffled", sorted by ``key(item)`` (stable)
+    for "by_class"."""
+    import numpy as np
+
+    if order == "sequential":
+        return list(items)
+    if order == "shuffled":
+        perm = np.random.default_rng(seed).permutation(len(items))
+        return [items[i] for i in perm]
+    if order == "by_class":
+        if key is None:
+            raise BenchError("order 'by_class' needs a key (the scenes' dominant class)")
+        return sorted(items, key=key)
+    raise BenchError(f"order = {order!r} unknown; valid: {', '.join(repr(o) for o in ORDERS)}")
+
+
+def scene_order_key(scene) -> tuple[int, str]:
+    """The "by_class" key of a scene: its dominant labelled class (by shared class id; walls,
+    floors and ceilings count only in a scene without any other labelled point), then its room
+    type where the scene carries one (``scene.room_type``), else ''."""
+    import numpy as np
+
+    from bench.data.classes import CLASS_ID, NUM_CLASSES
+
+    lab = np.asarray(scene.label)
+    counts = np.bincount(lab[lab >= 0], minlength=NUM_CLASSES)
+    objects = counts.copy()
+    objects[[CLASS_ID[c] for c in STRUCTURAL]] = 0
+    dominant = int(np.argmax(objects)) if objects.sum() else (int(np.argmax(counts)) if counts.sum() else NUM_CLASSES)
+    return dominant, str(getattr(scene, "room_type", "") or "")
 
 
 @dataclass(frozen=True)
@@ -90,6 +186,7 @@ class Cell:
     data_options: dict[str, dict]  # per base dataset name
     identity: dict[str, Any]  # the plain form minus grid and label: what can change the numbers
     cell_id: str
+    protocol: StreamProtocol = StreamProtocol()  # scene order, periodic reset, forgetting probe
 
     # -- derived facts, each decided here once
     @property
@@ -107,10 +204,16 @@ class Cell:
 
     @property
     def target(self) -> str:
-        """The target as one label: the dataset spec of a one-segment stream, else the segments joined by '>'."""
+        """The target as one label: the dataset spec of a one-segment stream, else the segments joined by
+        '>' (by '+' where the order mixes them), with the protocol's order and probe in brackets."""
         if len(self.stream) == 1:
-            return self.stream[0].dataset
-        return ">".join(s.dataset for s in self.stream)
+            return self.stream[0].dataset + self.protocol.label()
+        sep = ">" if self.protocol.order == "sequential" else "+"
+        specs = [s.spec for s in self.stream]
+        if len({(d.base, d.corruption) for d in specs}) == 1 and specs[0].corruption:  # a gradual stream
+            return f"{specs[0].base}:{specs[0].corruption}@" + sep.join(str(d.severity) for d in specs) + \
+                self.protocol.label()
+        return sep.join(s.dataset for s in self.stream) + self.protocol.label()
 
     @property
     def test_scenes(self) -> int:
@@ -179,11 +282,11 @@ def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segm
                 seg = {"dataset": seg}
             if not isinstance(seg, dict) or "dataset" not in seg:
                 raise BenchError(f"{where}: stream segment {i + 1} must be a dataset spec or a table with "
-                                 f"'dataset' (and optional 'split', 'scenes'), got {seg!r}")
-            bad = sorted(set(seg) - {"dataset", "split", "scenes"})
+                                 f"'dataset' (and optional 'split', 'scenes', 'start'), got {seg!r}")
+            bad = sorted(set(seg) - {"dataset", "split", "scenes", "start"})
             if bad:
                 raise BenchError(f"{where}: stream segment {i + 1} has unknown key(s) {', '.join(bad)}; "
-                                 "valid keys: dataset, split, scenes")
+                                 "valid keys: dataset, split, scenes, start")
             split = seg.get("split", "test")
             if split not in SPLITS:
                 raise BenchError(f"{where}: stream segment {i + 1}: split {split!r} unknown; "
@@ -191,7 +294,13 @@ def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segm
             if not isinstance(seg["dataset"], str):
                 raise BenchError(f"{where}: stream segment {i + 1}: dataset must be a dataset spec string")
             out.append(Segment(seg["dataset"], split, _count(seg.get("scenes", default_n),
-                                                              f"{where}: stream segment {i + 1} scenes")))
+                                                              f"{where}: stream segment {i + 1} scenes"),
+                               _count(seg.get("start", 0), f"{where}: stream segment {i + 1} start")))
+            for j, prev in enumerate(out[:-1]):
+                if prev.overlaps(out[-1]):
+                    raise BenchError(f"{where}: stream segments {j + 1} and {i + 1} both read scenes of "
+                                     f"{prev.dataset} ({prev.split}); give segment {i + 1} start = "
+                                     f"{prev.start + prev.scenes} so that no scene is adapted on twice")
         return tuple(out)
     raise BenchError(f"{where}: target must be a dataset spec or a non-empty list of segments, got {target!r}")
 
@@ -309,6 +418,7 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     lift = Lift(check_views(settings.get("views", d.get("views", DEFAULTS["views"])), where),
                 check_tol(settings.get("lift_tol", d.get("lift_tol", DEFAULTS["lift_tol"])), where))
     predict = check_predict(settings.get("predict", d.get("predict", DEFAULTS["predict"])), where)
+    protocol = parse_protocol(d, settings, where)
     identity = {k: v for k, v in d.items() if k not in ("grid", "label", "cell_id")}
     return Cell(
         grid=str(d.get("grid", "")), label=str(d.get("label", d["method"])), method=d["method"], params=table,
@@ -320,7 +430,7 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         train_scenes=_count(d.get("train_scenes", DEFAULTS["train_scenes"]), f"{where}: train_scenes"),
         val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes"),
         lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()},
-        identity=identity, cell_id=cell_id(identity))
+        identity=identity, cell_id=cell_id(identity), protocol=protocol)
 
 
 def uses_teacher(needs, recipe: str) -> bool:
@@ -345,6 +455,8 @@ def describe(cell: Cell) -> str:
         shown["views"] = cell.lift.views
     if cell.predict != "after":
         shown["predict"] = cell.predict
+    if cell.protocol.reset_every:
+        shown["reset_every"] = cell.protocol.reset_every
     params = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
     t = f" [{cell.teacher['name']}]" if cell.teacher else ""
     return (f"{cell.label}{'(' + params + ')' if params else ''}{t} {cell.backbone['name']} "

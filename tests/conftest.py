@@ -6,6 +6,7 @@ import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("TTT_BENCH_NO_PROGRESS", "1")
+os.environ.setdefault("TTT_BENCH_SELECTED", "none")  # tests fix their own values; bench/selected/ is for the grids
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,6 +6,7 @@ and SVG with a tight bounding box, so no label is cut at the edge.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -214,8 +215,18 @@ def pareto(res: Results):
 
 
 # ----------------------------------------------------------------------------------- corruptions
+def _one_spec(target: str) -> bool:
+    """The target is one dataset spec (not a stream of several, nor one with a scenario suffix)."""
+    try:
+        DatasetSpec.parse(target)
+    except Exception:  # noqa: BLE001 - a stream label such as 'a:jitter@1>a:jitter@3' is no spec
+        return False
+    return ">" not in target and "+" not in target and "[" not in target
+
+
 def _corrupted(res: Results) -> pd.DataFrame:
-    cr = res.cells[res.cells["target"].str.contains(":")].copy()
+    single = res.cells["target"].map(_one_spec)
+    cr = res.cells[single & res.cells["target"].str.contains(":")].copy()
     specs = cr["target"].map(DatasetSpec.parse)
     cr["corruption"] = specs.map(lambda d: d.corruption)
     cr["severity"] = specs.map(lambda d: d.severity)
@@ -223,7 +234,7 @@ def _corrupted(res: Results) -> pd.DataFrame:
     return cr
 
 
-@figure("corruption severity", lambda res: res.cells["target"].str.contains(":").any())
+@figure("corruption severity", lambda res: not _corrupted(res).empty)
 def corruptions(res: Results):
     cr = _corrupted(res)
     kinds = sorted(cr["corruption"].unique())
@@ -274,4 +285,166 @@ def per_class(res: Results):
     yield "fig_per_class_iou", fig
 
 
-__all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "save"]
+# ------------------------------------------------------------------------------------ scenarios
+# Streams (bench.spec.StreamProtocol): per-scene rows carry their position in the stream (``index``)
+# and, for the forgetting probe, ``probe`` = True; cells carry ``segments`` (per-segment mIoU) and
+# ``probe_curve`` (probe mIoU against position). Grids without these columns get none of these.
+MIN_STREAM = 8  # scenes per cell from which mIoU against the stream position is drawn
+
+
+def _stream_scenes(res: Results) -> pd.DataFrame:
+    """Per-scene rows of the target streams (probe rows left out), with the cell's row and column."""
+    sc = res.scenes
+    if sc is None or sc.empty or "index" not in sc:
+        return pd.DataFrame()
+    if "probe" in sc:
+        sc = sc[sc["probe"].fillna(False).astype(bool) == False]  # noqa: E712 - a column of bools
+    sc = sc.merge(res.cells[["cell_id", "row", "source", "target", "seed"]], on="cell_id")
+    n = sc.groupby("cell_id")["index"].transform("size")
+    return sc[n >= MIN_STREAM]
+
+
+def _panels(keys: list, width: float = 5.0, height: float = 3.4):
+    ncol = min(3, len(keys))
+    nrow = -(-len(keys) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow + 0.9), squeeze=False,
+                             layout="constrained")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _legend(axes) -> tuple[list, list]:
+    """Legend entries of every panel, each label once (a row may be absent from some panels)."""
+    seen: dict = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    return list(seen.values()), list(seen)
+
+
+def rolling_position(sc: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Mean per-scene mIoU over seeds at each stream position, then a centred rolling mean over
+    ``window`` positions (fewer at the ends). Columns: index, miou."""
+    m = sc.groupby("index")["miou"].mean().sort_index()
+    return pd.DataFrame({"index": m.index, "miou": m.rolling(window, center=True, min_periods=1).mean().values})
+
+
+@figure("mIoU against stream position", lambda res: not _stream_scenes(res).empty)
+def stream_position(res: Results):
+    """Per target stream, each row's per-scene mIoU against its position (rolling mean), so error
+    accumulation, recovery after a reset and segment changes show; segment starts are marked."""
+    sc = _stream_scenes(res)
+    cols = sorted(set(zip(sc["source"], sc["target"])))
+    fig, axes = _panels(cols)
+    rows = [r for r in res.order if r in set(sc["row"])]
+    for ax, (src, tgt) in zip(axes.flat, cols):
+        g = sc[(sc["source"] == src) & (sc["target"] == tgt)]
+        n = int(g["index"].max()) + 1
+        window = max(3, n // 10)
+        for i, r in enumerate(rows):
+            gr = g[g["row"] == r]
+            if gr.empty:
+                continue
+            color, _ = ROLE_STYLE[res.roles[r]]
+            m = rolling_position(gr, window)
+            ax.plot(m["index"], 100 * m["miou"], color=color or f"C{i % 10}", lw=1.2, label=r)
+        if "segment" in g and g["segment"].nunique() > 1:
+            one = g[g["cell_id"] == g["cell_id"].iloc[0]].sort_values("index")
+            starts = one.loc[one["segment"].ne(one["segment"].shift()), "index"].tolist()
+            if len(starts) <= 12:  # segment boundaries of a sequential stream (a mixed one has too many)
+                for x in starts[1:]:
+                    ax.axvline(x - 0.5, color="0.6", ls=":", lw=0.8)
+        ax.set_title(f"{src} → {tgt}", fontsize=8)
+        ax.set_xlabel("position in the stream (scene)")
+        ax.set_ylabel(f"mIoU (%), rolling mean of {window}")
+        ax.grid(alpha=0.3)
+    handles, labels = _legend(axes)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle("mIoU against the position in the stream (mean over seeds)")
+    yield "fig_stream_position", fig
+
+
+def _probe_cells(res: Results) -> pd.DataFrame:
+    c = res.cells
+    if "probe_curve" not in c:
+        return pd.DataFrame()
+    return c[c["probe_curve"].fillna("[]").map(lambda s: len(json.loads(s)) > 0)]
+
+
+def probe_curve(cells: pd.DataFrame) -> pd.DataFrame:
+    """Probe mIoU against stream position, mean over the cells (seeds). Columns: position, miou."""
+    parts = [pd.DataFrame(json.loads(s)) for s in cells["probe_curve"]]
+    return pd.concat(parts).groupby("position")["miou"].mean().reset_index()
+
+
+@figure("forgetting curve", lambda res: not _probe_cells(res).empty)
+def forgetting(res: Results):
+    """Per target stream, each row's probe mIoU (clean source val scenes, predicted without
+    adapting) against the number of target scenes adapted so far: how much of the source it forgets."""
+    pc = _probe_cells(res)
+    cols = sorted(set(zip(pc["source"], pc["target"])))
+    fig, axes = _panels(cols)
+    rows = [r for r in res.order if r in set(pc["row"])]
+    for ax, (src, tgt) in zip(axes.flat, cols):
+        for i, r in enumerate(rows):
+            g = pc[(pc["source"] == src) & (pc["target"] == tgt) & (pc["row"] == r)]
+            if g.empty:
+                continue
+            m = probe_curve(g)
+            color, marker = ROLE_STYLE[res.roles[r]]
+            ax.plot(m["position"], 100 * m["miou"], marker=marker, ms=3, color=color or f"C{i % 10}", label=r)
+        ax.set_title(f"{src} → {tgt}", fontsize=8)
+        ax.set_xlabel("target scenes adapted")
+        ax.set_ylabel(f"probe mIoU (%) on clean {src}")
+        ax.grid(alpha=0.3)
+    handles, labels = _legend(axes)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
+    fig.suptitle("forgetting: source mIoU along the stream (mean over seeds)")
+    yield "fig_forgetting", fig
+
+
+def segment_table(res: Results) -> pd.DataFrame:
+    """Per-segment mIoU of the multi-segment streams: one row per (stream, row), one column per
+    segment (its position and dataset) and 'overall' (the cell's mIoU); means over seeds."""
+    c = res.cells
+    if "segments" not in c or "n_segments" not in c:
+        return pd.DataFrame()
+    c = c[c["n_segments"].fillna(1) > 1]
+    recs = []
+    for r in c.itertuples():
+        for s in json.loads(r.segments or "[]"):
+            recs.append({"stream": f"{r.source} → {r.target}", "row": r.row, "seed": r.seed,
+                         "segment": f"{s['segment'] + 1}: {s['dataset']}", "miou": s["miou"]})
+        recs.append({"stream": f"{r.source} → {r.target}", "row": r.row, "seed": r.seed, "segment": "overall",
+                     "miou": r.miou})
+    if not recs:
+        return pd.DataFrame()
+    t = pd.DataFrame(recs).groupby(["stream", "row", "segment"], sort=False)["miou"].mean().unstack("segment")
+    segs = sorted([s for s in t.columns if s != "overall"], key=natural) + ["overall"]
+    return t[segs]
+
+
+@figure("per-segment mIoU", lambda res: not segment_table(res).empty)
+def segments(res: Results):
+    """Per multi-segment stream (continual, gradual, mixed by domain) a table of each row's mIoU on
+    each segment and overall, drawn as an annotated heat map."""
+    t = segment_table(res)
+    for stream, g in t.groupby(level="stream", sort=False):
+        g = g.droplevel("stream").dropna(axis=1, how="all")
+        g = g.loc[[r for r in res.order if r in g.index]]
+        fig, ax = plt.subplots(figsize=(2.5 + 1.1 * g.shape[1], 1.2 + 0.32 * len(g)), layout="constrained")
+        im = ax.imshow(100 * g.values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(g.shape[1]), list(g.columns), rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(g)), list(g.index), fontsize=7)
+        for (i, j), v in np.ndenumerate(100 * g.values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6, color="w" if v < 60 else "k")
+        ax.axvline(g.shape[1] - 1.5, color="w", lw=2)
+        fig.colorbar(im, ax=ax, label="mIoU (%)")
+        ax.set_title(f"per-segment mIoU: {stream}", fontsize=8)
+        yield f"fig_segments_{_slug(stream)[:80]}", fig
+
+
+__all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "probe_curve", "rolling_position",
+           "save", "segment_table"]

@@ -123,6 +123,8 @@ class Results:
         scenes = scenes if scenes is not None else pd.DataFrame()
         if not scenes.empty:
             scenes = scenes[scenes["cell_id"].isin(set(ok["cell_id"]))]
+            if "probe" in scenes:  # forgetting-probe rows (clean source scenes) are not target scenes
+                scenes = scenes[~scenes["probe"].fillna(False).astype(bool)]
         return cls(Path(folder), ok, scenes)
 
     # ------------------------------------------------------------------------------ structure
