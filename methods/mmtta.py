@@ -1,7 +1,10 @@
 """``mmtta``: multi-modal test-time adaptation with slow/fast BatchNorm pseudo-labels per modality and the
 more consistent modality selected per point (Shin et al., "MM-TTA: Multi-Modal Test-Time Adaptation for
 3D Semantic Segmentation", CVPR 2022; project page www.nec-labs.com/~mas/MM-TTA; no official code was
-found in the searched corpus, so this follows the paper's description).
+found in the searched corpus, so this follows the paper's description: Intra-PG aggregates two models
+pre-trained on the source and updated at different speeds, Inter-PR picks per point the pseudo-label of
+the more consistent modality; the averaging and the inverse-KL consistency below are our reading of
+its equations, not checked against code).
 
 Per scene and step, for each modality m (2D branch: frozen teacher + the ``joint-kd2d`` 2D head on the
 lifted features of the seen points; 3D: the 3D model):
