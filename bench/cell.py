@@ -10,6 +10,13 @@ before the stream, every ``probe_every`` scenes and once at the end; (4) take ea
 (``predict = "after"``: a separate forward after adapting; ``"same"``: the logits of the method's last
 adapting forward, or a separate forward where the method has none) and return one row per scene and
 one row for the cell.
+
+Every row has ``miou_3d`` (= ``miou``, the 3D prediction), ``miou_2d`` and ``miou_fused``. The last two are
+NaN unless the method is multi-modal (its class declares ``last_output_2d``, the (N, C) 2D logits it
+sets while adapting/predicting, NaN rows on points seen by no view): 2D mIoU counts the points seen by
+a view only (unseen points have no 2D prediction and are left out, not counted wrong); fused averages
+the 2D and 3D softmaxes on the seen points and keeps the 3D prediction on unseen ones, so it covers
+every point as ``miou`` does (xMUDA's / MM-TTA's "2D+3D" ensemble).
 """
 
 from __future__ import annotations
@@ -165,6 +172,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     items = stream_order(cell, [(k, name) for k, _, names in segments for name in names], datasets, fc is not None)
     scene_rows, probe_rows, adapt_s, infer_s, prepare_s, steps, n_resets = [], [], 0.0, 0.0, 0.0, [], 0
     every = cell.protocol.reset_every
+    multimodal = hasattr(type(method), "last_output_2d")
+    conf_2d_total, conf_fused_total = np.zeros_like(conf_total), np.zeros_like(conf_total)
     with PeakMemory(device) as mem:
         if cell.needs.source_scenes:
             src = dataset_for(cell, cell.source)
@@ -186,6 +195,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                 method.reset()
                 n_resets += not cell.episodic
             method.last_output = None
+            if multimodal:
+                method.last_output_2d = None
             t = time.perf_counter()
             n_steps = method.adapt(inp)
             _sync(device)
@@ -200,11 +211,19 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
             ti = time.perf_counter() - t
             conf = confusion(pred, scene.label, NUM_CLASSES, classes)
             conf_seg[k] += conf
+            conf_2d, conf_fused = (_modal_confusions(logits, method.last_output_2d, inp.teacher_mask, scene.label,
+                                                     classes, conf) if multimodal else (None, None))
+            if multimodal:
+                conf_2d_total += conf_2d
+                conf_fused_total += conf_fused
             adapt_s, infer_s = adapt_s + ta, infer_s + ti
             steps.append(n_steps)
             row = {"cell_id": cell.cell_id, "scene": scene_key(cell, k, name), "index": index, "segment": k,
                    "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
-                   "miou": miou(conf, classes), "acc": accuracy(conf), "steps": n_steps, "adapt_s": ta,
+                   "miou": miou(conf, classes), "miou_3d": miou(conf, classes),
+                   "miou_2d": miou(conf_2d, classes) if multimodal else float("nan"),
+                   "miou_fused": miou(conf_fused, classes) if multimodal else float("nan"),
+                   "acc": accuracy(conf), "steps": n_steps, "adapt_s": ta,
                    "infer_s": ti, "predicted_by": used, "reset": bool(reset), "probe": False,
                    "conf": conf.reshape(-1).tolist()}
             for key, value in (getattr(scene, "diagnostics", None) or {}).items():
@@ -226,7 +245,10 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     classes = tuple(sorted(set().union(*seg_classes.values())))
     iou = iou_per_class(conf_total)
     n = max(1, len(steps))
-    row = {"miou": miou(conf_total, classes), "acc": accuracy(conf_total),
+    row = {"miou": miou(conf_total, classes), "miou_3d": miou(conf_total, classes),
+           "miou_2d": miou(conf_2d_total, classes) if multimodal else float("nan"),
+           "miou_fused": miou(conf_fused_total, classes) if multimodal else float("nan"),
+           "acc": accuracy(conf_total),
            "eval_classes": ",".join(CLASSES[c] for c in classes),
            "steps_per_scene": float(np.mean(steps)) if steps else 0.0, "steps_total": int(np.sum(steps)),
            "adapt_s_per_scene": adapt_s / n, "infer_s_per_scene": infer_s / n, "prepare_s": prepare_s,
@@ -296,6 +318,20 @@ def _probe_summary(rows: list[dict], classes) -> dict:
     first, last = curve[0]["miou"], curve[-1]["miou"]
     return {"probe_miou_first": first, "probe_miou_last": last, "forgetting": first - last,
             "probe_curve": json.dumps(curve)}
+
+
+def _modal_confusions(logits: torch.Tensor, logits_2d: torch.Tensor | None, mask: torch.Tensor | None,
+                      label: np.ndarray, classes, conf_3d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(2D confusion on the seen points, fused confusion on all points) of a multi-modal prediction; a
+    scene without 2D logits (no point seen) adds nothing to 2D and its 3D confusion to fused."""
+    if logits_2d is None or mask is None or not bool(mask.any()):
+        return np.zeros_like(conf_3d), conf_3d
+    seen = mask.cpu().numpy()
+    p2 = logits_2d[mask].softmax(1)
+    fused = logits.softmax(1)
+    fused[mask] = (fused[mask] + p2) / 2
+    conf_2d = confusion(p2.argmax(1).cpu().numpy(), label[seen], NUM_CLASSES, classes)
+    return conf_2d, confusion(fused.argmax(1).cpu().numpy(), label, NUM_CLASSES, classes)
 
 
 def _sync(device: str) -> None:

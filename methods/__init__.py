@@ -8,8 +8,10 @@ from methods import (  # noqa: F401
     dua,
     eata,
     entropy,
+    gipso,
     lame,
     memo,
+    mmtta,
     roid,
     rotta,
     sar,
@@ -19,6 +21,7 @@ from methods import (  # noqa: F401
     tent,
     ttt_kd,
     ttt_mae,
+    xmuda,
 )
 from methods.base import Method, MethodConfig, SceneInput  # noqa: F401
 from methods.registry import METHODS  # noqa: F401

@@ -52,7 +52,8 @@ def test_gradient_reaches_every_parameter(scene, backbone):
     model = build_model(ModelSpec(backbone=backbone, kd_dim=8, mae=True))
     model.train()
     out = model(make_batch([scene], ("color", "normal")), ("seg", "kd", "mae"))
-    (out["seg"].sum() + out["kd"].sum() + out["mae"].sum()).backward()
+    (out["seg"].sum() + out["kd"].sum() + out["mae"].sum()
+     + model.forward2d(torch.randn(out["seg"].shape[0], 8)).sum()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.report.figures import figures
 from bench.report.frame import Results, load
-from bench.report.tables import Table, column_stats, cost_matched_table, cost_table, main_table, stats_table
+from bench.report.tables import Table, column_stats, cost_matched_table, cost_table, main_table, modal_table, stats_table
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def make_report(folder: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     cs = column_stats(res)
     tables = {"table_main": main_table(res, cs), "table_cost": cost_table(res),
-              "table_cost_matched": cost_matched_table(res, cs), "table_stats": stats_table(res)}
+              "table_cost_matched": cost_matched_table(res, cs), "table_stats": stats_table(res),
+              "table_modal": modal_table(res)}
     written: list[Path] = []
     for name, table in tables.items():
         if table is not None:

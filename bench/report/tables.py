@@ -8,6 +8,8 @@
   passes of the same run, so rows are compared with rows of similar cost.
 * ``stats``: per row and pair, a bootstrap interval over seeds and scenes and a paired test against
   Source-Only, Holm-corrected over the table.
+* ``modal``: 2D, 3D and fused mIoU per row and pair (only when some row is multi-modal: xmuda, mmtta);
+  3D-only rows (TTT-KD, Source-Only, ...) show their 3D mIoU alongside, "-" for 2D and fused.
 """
 
 from __future__ import annotations
@@ -185,6 +187,39 @@ def cost_table(res: Results) -> Table:
     return Table(["method"] + [agg[k] for k in have] + ["cells"], rows,
                  f"Means over cells. Peak memory: {kind} (on CPU the resident-set growth while the method runs).",
                  align="l" + "r" * (len(have) + 1))
+
+
+MODAL = (("miou_2d", "2D"), ("miou_3d", "3D"), ("miou_fused", "fused"))
+
+
+def modal_table(res: Results) -> Table | None:
+    """2D / 3D / fused mIoU (%) per row and source -> target pair, mean over seeds; None when no cell has a
+    2D mIoU (no multi-modal row). Results written before the ``miou_3d`` column take ``miou`` as 3D."""
+    c = res.cells.copy()
+    if "miou_2d" not in c or not np.isfinite(c["miou_2d"].astype(float)).any():
+        return None
+    if "miou_3d" not in c:
+        c["miou_3d"] = c["miou"]
+    c["miou_3d"] = c["miou_3d"].astype(float).fillna(c["miou"].astype(float))
+    for k in ("miou_2d", "miou_fused"):
+        c[k] = c[k].astype(float) if k in c else np.nan
+    g = c.groupby(["row", "col"])[[k for k, _ in MODAL]].mean()
+    cols = res.columns
+    rows = []
+    for r in res.order:
+        line = [r]
+        for col in cols:
+            for k, _ in MODAL:
+                v = g[k].get((r, col), np.nan)
+                line.append(pct(v))
+        rows.append(line)
+    header = ["method"] + [name for _ in cols for _, name in MODAL]
+    groups = [(f"{short(s)}→{short(t)}", len(MODAL)) for s, t in cols]
+    caption = ("mIoU (%) of the 2D branch, the 3D prediction and their fusion, mean over seeds. 2D: points seen by a "
+               "view only (unseen points have no 2D prediction and are left out); 3D: all points (the main table's "
+               "value); fused: mean of the 2D and 3D softmaxes on seen points, the 3D prediction on unseen ones. "
+               "'-': the row has no 2D branch (3D-only methods).")
+    return Table(header, rows, caption, groups=groups, align="l" + "r" * (len(header) - 1), group_sep=": ")
 
 
 BANDS = (0.0, 0.5, 2.0, 8.0, 32.0, 128.0, np.inf)

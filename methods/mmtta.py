@@ -1,0 +1,126 @@
+"""``mmtta``: multi-modal test-time adaptation with slow/fast BatchNorm pseudo-labels per modality and the
+more consistent modality selected per point (Shin et al., "MM-TTA: Multi-Modal Test-Time Adaptation for
+3D Semantic Segmentation", CVPR 2022; project page www.nec-labs.com/~mas/MM-TTA; no official code was
+found in the searched corpus, so this follows the paper's description: Intra-PG aggregates two models
+pre-trained on the source and updated at different speeds, Inter-PR picks per point the pseudo-label of
+the more consistent modality; the averaging and the inverse-KL consistency below are our reading of
+its equations, not checked against code).
+
+Per scene and step, for each modality m (2D branch: frozen teacher + the ``joint-kd2d`` 2D head on the
+lifted features of the seen points; 3D: the 3D model):
+1. Intra-modal pseudo-labels (Intra-PG): a "slow" prediction normalised with the stored BN statistics
+   and a "fast" one normalised with the scene's statistics; p_m = (softmax(slow) + softmax(fast)) / 2.
+   The stored statistics follow the fast ones with ``momentum`` (they are updated by the fast
+   forward, after the slow forward has been taken), so the slow model is a momentum average of the
+   fast statistics, starting at the source statistics.
+2. Inter-modal refinement (Inter-PR): consistency c_m = 1 / (KL(softmax(fast) || softmax(slow)) + eps)
+   per point; ``select = "hard"``: each seen point takes the argmax of p_m of its more consistent
+   modality; ``"soft"``: the argmax of (c_2D p_2D + c_3D p_3D) / (c_2D + c_3D). Points seen by no view
+   have the 3D pseudo-label only.
+3. Cross-entropy of both fast predictions with the refined pseudo-labels (2D on the seen points, 3D on
+   all), one Adam step on the BN affine parameters of the 3D backbone and the 2D head.
+
+3D/2D adaptation stated: the 2D network is frozen except its head, whose BatchNorm layer carries the
+2D branch's slow/fast statistics; a "batch" is one scene (its points, or its seen points for 2D).
+Online over the stream by default (``episodic = false``), as in the paper. ``predict`` normalises with
+the scene's statistics (the fast model), returns the 3D logits and sets ``last_output_2d`` ((N, C) 2D
+logits on seen points, NaN rows elsewhere), as ``xmuda`` does. A scene with no seen point adapts the
+3D branch alone (pseudo-labels = the 3D intra-modal ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import Method, MethodConfig, Needs, bn_affine_params, set_bn_mode
+from methods.registry import METHODS
+from methods.xmuda import head2d_params, logits_2d
+
+EPS = 1e-8
+
+
+@dataclass
+class MMTTAConfig(MethodConfig):
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 3e-4, 1e-3), "steps": (1, 3)}
+    episodic: bool = False
+    steps: int = 1
+    lr: float = 1e-3
+    momentum: float = 0.1  # how far the slow (stored) BN statistics move towards the fast ones per step
+    select: str = "hard"  # hard: the more consistent modality per point; soft: consistency-weighted mix
+
+
+def consistency(fast: torch.Tensor, slow: torch.Tensor) -> torch.Tensor:
+    """Per-point 1 / (KL(softmax(fast) || softmax(slow)) + eps)."""
+    kl = (fast.softmax(1) * (fast.log_softmax(1) - slow.log_softmax(1))).sum(1)
+    return 1.0 / (kl + EPS)
+
+
+@METHODS.register("mmtta", config=MMTTAConfig)
+class MMTTA(Method):
+    """MM-TTA: slow/fast BN pseudo-labels per modality, the more consistent modality per point, BN affine"""
+
+    needs = Needs(recipe="joint-kd2d", teacher=True)
+    bn_mode = "test"
+    last_output_2d: torch.Tensor | None = None
+
+    def __init__(self, model, cfg: MMTTAConfig):
+        if cfg.select not in ("hard", "soft"):
+            from bench.errors import BenchError
+
+            raise BenchError(f"mmtta: select = {cfg.select!r}; use 'hard' or 'soft'")
+        super().__init__(model, cfg)
+
+    def adapt_params(self):
+        return bn_affine_params(self.model.backbone) + head2d_params(self.model)
+
+    def _forward(self, inp, mask, seen: bool):
+        l3 = self.model(inp.batch)["seg"]
+        l2 = self.model.forward2d(inp.teacher_feat[mask].float()) if seen else None
+        return l3, l2
+
+    def pseudo_labels(self, s3, f3, s2, f2, mask) -> torch.Tensor:
+        p3 = (s3.softmax(1) + f3.softmax(1)) / 2
+        label = p3.argmax(1)
+        if s2 is None:
+            return label
+        p2 = (s2.softmax(1) + f2.softmax(1)) / 2
+        c3, c2 = consistency(f3[mask], s3[mask]), consistency(f2, s2)
+        if self.cfg.select == "hard":
+            seen_label = torch.where(c2 > c3, p2.argmax(1), p3[mask].argmax(1))
+        else:
+            seen_label = ((c2[:, None] * p2 + c3[:, None] * p3[mask]) / (c2 + c3)[:, None]).argmax(1)
+        label[mask] = seen_label
+        return label
+
+    def adapt(self, inp):
+        self.last_output = self.last_output_2d = None
+        mask = inp.teacher_mask
+        seen = mask is not None and bool(mask.any())
+        for _ in range(self.cfg.steps):
+            with torch.no_grad():  # slow: the stored statistics
+                set_bn_mode(self.model, "source")
+                s3, s2 = self._forward(inp, mask, seen)
+            set_bn_mode(self.model, "update", self.cfg.momentum)  # fast: the scene's; stored ones follow
+            f3, f2 = self._forward(inp, mask, seen)
+            set_bn_mode(self.model, "test")
+            self.last_output = f3.detach()
+            pl = self.pseudo_labels(s3, f3.detach(), s2, None if f2 is None else f2.detach(), mask)
+            loss = F.cross_entropy(f3, pl)
+            if seen:
+                full = torch.full_like(f3, float("nan"))
+                full[mask] = f2.detach()
+                self.last_output_2d = full
+                loss = loss + F.cross_entropy(f2, pl[mask])
+            self.step(loss)
+        return self.cfg.steps
+
+    @torch.no_grad()
+    def predict(self, inp):
+        set_bn_mode(self.model, "test")
+        if inp.teacher_mask is not None and bool(inp.teacher_mask.any()):
+            self.last_output_2d = logits_2d(self.model, inp)
+        return self.model(inp.batch)["seg"]
