@@ -54,7 +54,7 @@ def test_domains_differ(scene):
     s3 = generate_scene("synth-s3dis", "test", 0, 0)
     assert 2 in set(np.unique(s3.label))  # ceilings
     assert abs(scene.color.mean() - s3.color.mean()) > 0.02 or abs(scene.color.std() - s3.color.std()) > 0.02
-    assert DOMAINS["synth-s3dis"].voxel < DOMAINS["synth-scannet"].voxel
+    assert DOMAINS["synth-s3dis"].sensor.voxel < DOMAINS["synth-scannet"].sensor.voxel
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS.names())

@@ -31,15 +31,29 @@ placement), ``render`` (ray casting and shading; camera geometry is ``bench.data
 """
 
 from bench.data.geometry import intrinsic_for, look_at  # noqa: F401
-from bench.data.synth.dataset import SynthDataset, SynthDatasetConfig  # noqa: F401  (registers the domains)
-from bench.data.synth.domains import DOMAINS, Domain  # noqa: F401
+from bench.data.synth.dataset import (  # noqa: F401  (registers the domains)
+    SynthDataset,
+    SynthDatasetConfig,
+    register_inline_domain,
+)
+from bench.data.synth.domains import (  # noqa: F401
+    DOMAINS,
+    ROOM_TYPES,
+    TEST_DOMAINS,
+    VAL_DOMAIN,
+    WORLD_VERSION,
+    Domain,
+    domain_from_spec,
+    with_overrides,
+)
 from bench.data.synth.generate import (  # noqa: F401
     GENERATOR_VERSION,
     SPLIT_SIZES,
     SynthConfig,
     generate_scene,
+    scene_room,
     scene_seed,
     with_config,
 )
 from bench.data.synth.render import Lighting, camera_rays, kelvin_rgb, raycast, render, shade, visible_boxes  # noqa: F401
-from bench.data.synth.room import Boxes, build_room  # noqa: F401
+from bench.data.synth.room import STYLES, Boxes, build_room  # noqa: F401
