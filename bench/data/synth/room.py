@@ -66,17 +66,17 @@ class RoomType:
 
 ROOM_TYPES: dict[str, RoomType] = {
     "bedroom": RoomType((3.0, 4.4), (2.8, 3.9), (2.4, 2.7),
-                        {"bed": (1, 1), "cabinet": (1, 3), "chair": (0, 2), "table": (0, 1), "bookshelf": (0, 1),
+                        {"bed": (1, 1), "cabinet": (1, 3), "chair": (1, 2), "table": (1, 1), "bookshelf": (0, 1),
                          "door": (1, 2), "window": (1, 2), "clutter": (3, 7), "picture": (0, 2)},
                         {"table": ("desk", "rect", "pedestal"), "cabinet": ("low", "tall"),
                          "chair": ("four_leg", "swivel", "armchair", "sled")}, table_wall=0.8),
     "living_room": RoomType((3.6, 5.4), (3.2, 4.6), (2.4, 2.8),
-                            {"sofa": (1, 2), "table": (1, 2), "chair": (1, 3), "cabinet": (1, 2), "bookshelf": (0, 2),
+                            {"sofa": (1, 2), "table": (1, 3), "chair": (2, 4), "cabinet": (1, 2), "bookshelf": (0, 2),
                              "door": (1, 2), "window": (1, 3), "clutter": (4, 9), "picture": (1, 3)},
                             {"table": ("coffee", "round", "rect", "pedestal"), "cabinet": ("low", "tall"),
                              "chair": ("armchair", "four_leg", "stool")}, table_wall=0.1, chairs_at_tables=0.5),
     "kitchen": RoomType((2.6, 4.0), (2.4, 3.6), (2.4, 2.7),
-                        {"cabinet": (3, 6), "table": (0, 1), "chair": (0, 4), "appliance": (1, 2), "door": (1, 2),
+                        {"cabinet": (3, 6), "table": (1, 1), "chair": (2, 4), "appliance": (1, 2), "door": (1, 2),
                          "window": (0, 1), "clutter": (5, 10)},
                         {"cabinet": ("kitchen",), "table": ("rect", "round", "pedestal"),
                          "chair": ("four_leg", "stool", "sled")}, table_wall=0.2, chairs_at_tables=0.9),
@@ -84,12 +84,12 @@ ROOM_TYPES: dict[str, RoomType] = {
                          {"fixture": (2, 3), "cabinet": (0, 1), "door": (1, 1), "window": (0, 1), "clutter": (1, 4)},
                          {"cabinet": ("low", "tall")}),
     "office": RoomType((3.0, 5.0), (2.8, 4.4), (2.6, 3.0),
-                       {"table": (1, 3), "chair": (2, 5), "cabinet": (1, 3), "bookshelf": (1, 2), "door": (1, 1),
+                       {"table": (2, 3), "chair": (3, 6), "cabinet": (1, 3), "bookshelf": (1, 2), "door": (1, 2),
                         "window": (0, 2), "clutter": (6, 12), "board": (0, 1), "picture": (0, 1)},
                        {"table": ("desk", "rect"), "cabinet": ("file", "low", "tall"),
                         "chair": ("swivel", "sled", "four_leg")}, table_wall=0.75, chairs_at_tables=0.9),
     "conference_room": RoomType((4.5, 7.0), (3.5, 5.2), (2.7, 3.1),
-                                {"table": (1, 2), "chair": (6, 12), "cabinet": (0, 1), "door": (1, 2), "window": (0, 3),
+                                {"table": (1, 2), "chair": (8, 14), "cabinet": (0, 1), "door": (1, 2), "window": (0, 3),
                                  "clutter": (3, 7), "board": (1, 1)},
                                 {"table": ("conference", "rect", "round"), "cabinet": ("low",),
                                  "chair": ("swivel", "sled", "four_leg")}, table_wall=0.0, chairs_at_tables=0.95),
@@ -98,12 +98,12 @@ ROOM_TYPES: dict[str, RoomType] = {
                          "picture": (0, 2), "clutter": (0, 3), "board": (0, 1)},
                         {"cabinet": ("low", "file"), "chair": ("four_leg", "sled", "armchair")}),
     "storage": RoomType((2.2, 3.6), (2.0, 3.2), (2.4, 3.0),
-                        {"bookshelf": (2, 4), "cabinet": (1, 3), "clutter": (8, 16), "door": (1, 1), "chair": (0, 2),
+                        {"bookshelf": (1, 3), "cabinet": (1, 3), "clutter": (8, 16), "door": (1, 2), "chair": (0, 2),
                          "table": (0, 1)},
                         {"bookshelf": ("tall", "wide"), "cabinet": ("tall", "file", "low"), "table": ("rect",)},
                         table_wall=0.9, chairs_at_tables=0.2),
     "lobby": RoomType((5.0, 7.5), (4.0, 5.8), (2.8, 3.3),
-                      {"sofa": (1, 3), "chair": (2, 6), "table": (1, 2), "door": (2, 3), "window": (1, 3),
+                      {"sofa": (1, 3), "chair": (3, 7), "table": (1, 3), "door": (2, 4), "window": (1, 3),
                        "clutter": (2, 6), "picture": (0, 2), "bookshelf": (0, 1), "cabinet": (0, 1)},
                       {"table": ("coffee", "round", "pedestal"), "chair": ("armchair", "four_leg", "sled")},
                       table_wall=0.0, chairs_at_tables=0.5),
@@ -441,7 +441,7 @@ class _Room:
         c, s = math.cos(yaw), math.sin(yaw)
         base = _color(rng, dom, cls)
         alt = _color(rng, dom, cls) * rng.uniform(0.6, 1.0)
-        label = C[cls] if cls in C else IGNORE
+        label = C[dom.relabel.get(cls, cls)] if cls in C else IGNORE
         ign = _color(rng, dom, "other")
         for (px, py, pz), half, part, dyaw in parts:
             col, lab = (base, label) if part == "main" else (alt, label) if part == "alt" else (ign, IGNORE)
