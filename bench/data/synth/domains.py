@@ -74,6 +74,7 @@ class Sensor:
     glass_depth: float = 0.0  # share of window pixels that return depth (frames, dirty glass); 1 = all
     max_range: float = 6.0  # metres
     top: float = 0.0  # if > 0: surfaces above this height (metres) are missed (hand-held scans skip upper walls)
+    pitches: tuple[float, ...] = (-0.35, -0.9, 0.25)  # scan pitches (radians) at every yaw stop
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ DOMAINS: dict[str, Domain] = {
                 "cabinet": {"low": 0.35, "tall": 0.2, "kitchen": 0.3, "file": 0.15},
                 "bookshelf": {"tall": 0.4, "low": 0.4, "wide": 0.2}},
         sensor=Sensor(voxel=0.08, noise=0.012, reg_rot_deg=0.8, reg_trans=0.015, hole_rate=0.08, glass_depth=0.6,
-                      top=1.9),
+                      top=1.7),
         lighting=Light(kelvin=(2700, 3500), ambient=(0.35, 0.5), lamp=(0.5, 0.8), falloff=0.15, texture=0.10),
         palette=Palette(sat_scale=1.0, colors={**_PALETTE_COMMON, "wall": (0.11, 0.06, 0.18, 0.80),
                                                "floor": (0.07, 0.03, 0.55, 0.45),
@@ -182,12 +183,13 @@ DOMAINS: dict[str, Domain] = {
                 "bed": {"single": 1.0},
                 "cabinet": {"low": 0.2, "tall": 0.3, "file": 0.4, "kitchen": 0.1},
                 "bookshelf": {"tall": 0.5, "wide": 0.35, "low": 0.15}},
-        sensor=Sensor(voxel=0.06, noise=0.003, reg_rot_deg=0.0, reg_trans=0.0, hole_rate=0.02, glass_depth=1.0),
+        sensor=Sensor(voxel=0.06, noise=0.003, reg_rot_deg=0.0, reg_trans=0.0, hole_rate=0.02, glass_depth=1.0,
+                      pitches=(0.6, 0.0, -0.6)),
         lighting=Light(kelvin=(5000, 6500), ambient=(0.55, 0.7), lamp=(0.3, 0.45), falloff=0.05, texture=0.05),
         palette=Palette(sat_scale=0.45, colors={**_PALETTE_COMMON, "wall": (0.60, 0.03, 0.05, 0.70),
                                                 "floor": (0.60, 0.03, 0.10, 0.40),
                                                 "chair": (0.62, 0.10, 0.25, 0.30), "table": (0.10, 0.02, 0.15, 0.70)}),
-        ceiling=True, size_scale=(1.0, 1.2), room_scale=(1.0, 1.15), clutter_scale=3.0,
+        ceiling=True, size_scale=(1.0, 1.2), room_scale=(1.0, 1.15), clutter_scale=4.0,
         labels=tuple(c for c in CLASSES if c not in ("bed", "cabinet")), relabel={"cabinet": "clutter"},
     ),
     "synth-matterport": Domain(
@@ -198,7 +200,8 @@ DOMAINS: dict[str, Domain] = {
                 "bed": {"single": 0.25, "double": 0.65, "bare": 0.1},
                 "cabinet": {"low": 0.35, "tall": 0.3, "kitchen": 0.3, "file": 0.05},
                 "bookshelf": {"tall": 0.3, "low": 0.5, "wide": 0.2}},
-        sensor=Sensor(voxel=0.09, noise=0.006, reg_rot_deg=0.4, reg_trans=0.01, hole_rate=0.04, glass_depth=0.5),
+        sensor=Sensor(voxel=0.09, noise=0.006, reg_rot_deg=0.4, reg_trans=0.01, hole_rate=0.04, glass_depth=0.5,
+                      pitches=(0.6, 0.0, -0.6)),
         lighting=Light(kelvin=(4000, 7000), ambient=(0.25, 0.4), lamp=(0.7, 1.0), falloff=0.35, texture=0.15),
         palette=Palette(sat_scale=1.25, colors={**_PALETTE_COMMON, "wall": (0.30, 0.25, 0.25, 0.75),
                                                 "sofa": (0.35, 0.45, 0.55, 0.45),

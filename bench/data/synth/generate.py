@@ -110,7 +110,7 @@ def generate_scene(domain: str | Domain, split: str, index: int, seed: int = 0,
     for _ in range(cfg.scan_positions):
         eye = _free_spot(room, rng, rng.uniform(1.2, 1.6))
         for j in range(cfg.scan_yaws):
-            for pitch in (-0.35, -0.9, 0.25):
+            for pitch in sensor.pitches:
                 yaw = 2 * math.pi * (j + rng.random() * 0.5) / cfg.scan_yaws
                 tgt = eye + np.array([math.cos(yaw), math.sin(yaw), math.tan(pitch)])
                 pose = look_at(eye, tgt)
