@@ -119,7 +119,8 @@ def measure_domain(domain: str, scenes: int = 12, split: str = "test", seed: int
 
 
 def bn_share(results: Path) -> list[dict]:
-    """Per source->target pair: Source-Only, BN-Adapt and Oracle mIoU (mean over seeds) and the BN share."""
+    """Per cross-domain source->target pair: Source-Only, BN-Adapt and Oracle mIoU in % (mean over seeds)
+    and the BN share of the gap."""
     path = Path(results)
     csv_path = path / "cells.csv" if path.is_dir() else path
     if not csv_path.is_file():
@@ -133,7 +134,9 @@ def bn_share(results: Path) -> list[dict]:
     for r in rows:
         if r["label"] in ("Source-Only", "BN-Adapt", "Oracle") and r["miou"] not in ("", "nan"):
             acc.setdefault((r["label"], r["source"], r["target"]), []).append(float(r["miou"]))
-    pairs = sorted({(s, t) for _, s, t in acc})
+    pairs = sorted({(s, t) for _, s, t in acc if s != t})  # cross-domain pairs only
+    scale = 100.0 if all(v <= 1.0 for vals in acc.values() for v in vals) else 1.0  # mIoU as a fraction -> %
+    acc = {k: [v * scale for v in vals] for k, vals in acc.items()}
     out = []
     for s, t in pairs:
         m = {lab: float(np.mean(acc[(lab, s, t)])) if (lab, s, t) in acc else None

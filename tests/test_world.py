@@ -178,9 +178,10 @@ def test_bench_world_writes_tables_and_bn_share(tmp_path):
 
     res = tmp_path / "res"
     res.mkdir()
-    rows = [("Source-Only", 20.0), ("BN-Adapt", 30.0), ("Oracle", 60.0)]
+    rows = [("Source-Only", 0.20), ("BN-Adapt", 0.30), ("Oracle", 0.60)]
     (res / "cells.csv").write_text("label,source,target,miou,seed\n" + "".join(
-        f"{lab},synth-scannet,synth-s3dis,{m + s},{s}\n" for lab, m in rows for s in (0, 1)))
+        f"{lab},synth-scannet,synth-s3dis,{m + s / 100},{s}\n" for lab, m in rows for s in (0, 1)) + "".join(
+        f"{lab},synth-s3dis,synth-s3dis,0.5,0\n" for lab, _ in rows))  # the diagonal is left out
     (share,) = bn_share(res)
     assert share["bn_share"] == pytest.approx(0.25) and share["source_only"] == pytest.approx(20.5)
     st = measure_domain("synth-s3dis", 2)
