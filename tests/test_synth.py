@@ -129,7 +129,8 @@ def test_registry_contract_configs_and_unknown_options(tmp_path):
             continue
         assert entry.config is not None and dataclasses.is_dataclass(entry.config), entry.name
         make_config(entry, {}, "x")  # every option has a default
-    with pytest.raises(BenchError, match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: domain, root, seed"):
+    with pytest.raises(BenchError,
+                       match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: domain, root, seed"):
         get_dataset("synth-s3dis", sed=1)
     with pytest.raises(BenchError, match=r"dataset 'scannet' has no parameter 'frame_cont'.*parameters: frame_count"):
         get_dataset("scannet", root=str(tmp_path), frame_cont=3)

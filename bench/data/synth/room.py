@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from bench.data.classes import IGNORE
-from bench.data.synth.domains import C, ROOM_TYPES as ROOM_TYPE_NAMES, Domain
+from bench.data.synth.domains import ROOM_TYPES as ROOM_TYPE_NAMES
+from bench.data.synth.domains import C, Domain
 
 
 @dataclass
