@@ -78,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
     s.add_argument("--out", type=Path, help="PNG to write (default SCENE.png)")
 
+    w = sub.add_parser("world", help="the synthetic world's statistics per domain beside the real datasets'")
+    w.add_argument("--scenes", type=int, default=8, help="scenes per domain (default 8, about a minute)")
+    w.add_argument("--domains", nargs="+", default=None,
+                   help="synthetic domains (default: synth-scannet synth-s3dis synth-matterport synth-val)")
+    w.add_argument("--out", type=Path, default=Path("results/reference/world"),
+                   help="folder for world.md, world.json and the figure (default results/reference/world)")
+    w.add_argument("--results", type=Path, help="a run or reference folder (e.g. results/reference/id_ood): "
+                   "adds the BN share of the gap per pair")
+    w.add_argument("--split", default="test", choices=["train", "val", "test"])
+    w.add_argument("--seed", type=int, default=0, help="world seed")
+
     p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
     from bench.profile import add_arguments
 
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         set_cache_dir(args.cache_dir)
         return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
-                "show": cmd_show, "profile": cmd_profile}[args.cmd](args)
+                "show": cmd_show, "profile": cmd_profile, "world": cmd_world}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
@@ -241,6 +252,17 @@ def cmd_show(args) -> int:
     out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name}.png")
     show_scene(ds, name, out)
     Console().print(f"wrote {out}")
+    return 0
+
+
+def cmd_world(args) -> int:
+    from bench.data.synth import DOMAINS
+    from bench.world import run_world
+
+    text, paths = run_world(args.domains or list(DOMAINS), args.scenes, args.out, args.results, args.split, args.seed)
+    console.print(text, markup=False, highlight=False)
+    for p in paths:
+        console.print(f"wrote {p}", markup=False)
     return 0
 
 

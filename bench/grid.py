@@ -4,9 +4,11 @@ A grid lists axes: ``backbones``, ``teachers``, ``methods`` (each a table with `
 ``label``, ``recipe``, ``train_on`` = "source"|"target", the cell settings ``views``, ``lift_tol`` and
 ``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds``,
 ``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``, ``features``, ``views``, ``lift_tol``,
-``predict``, ``[data_options.DATASET]``, a ``[train]`` table of recipe settings, and ``selected``: which
-file of selected hyper-parameters fills the method parameters the grid does not set ("latest" by
-default, "none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
+``predict``, ``[data_options.DATASET]``, ``[domains.NAME]`` (a synthetic domain defined inline: ``base``
+= a built-in domain plus parameter overrides, see ``bench.data.synth.domains``), a ``[train]`` table of
+recipe settings, and ``selected``: which file of selected hyper-parameters fills the method parameters
+the grid does not set ("latest" by default, "none", "vN" or a path; ``bench.select``). A ``[select]``
+table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
@@ -47,7 +49,7 @@ from bench.spec import (
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
-            "train", "data_options", "selected", "select", "reset_every"}
+            "train", "data_options", "selected", "select", "reset_every", "domains"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
 ONLY_KEYS = ("method", "label", "source", "target", "backbone", "teacher", "seed", "recipe", "views", "predict")
 
@@ -213,6 +215,28 @@ def _apply_overrides(raw: dict, ov: Overrides, problems: Problems) -> None:
             problems.add(f"--teacher-weights {t}={w}: no such file")
 
 
+def _inline_domains(raw: dict, problems: Problems) -> None:
+    """``[domains.NAME]`` tables (``base`` = a built-in synthetic domain, plus parameter overrides):
+    each becomes a dataset NAME usable as a source or target of this grid; its parameters go into
+    ``[data_options.NAME] domain`` so every cell (in any worker) rebuilds the same domain."""
+    domains = raw.get("domains")
+    if domains is None:
+        return
+    if not isinstance(domains, dict):
+        problems.add(f"'domains' must be tables [domains.NAME] with base = \"synth-...\", got {domains!r}")
+        return
+    from bench.data.synth import register_inline_domain
+
+    opts = raw.get("data_options") if isinstance(raw.get("data_options"), dict) else {}
+    opts = {k: dict(v) if isinstance(v, dict) else v for k, v in opts.items()}
+    for name, spec in domains.items():
+        made = problems.check(register_inline_domain, name, spec)
+        if made is not None:
+            user = opts.get(name) if isinstance(opts.get(name), dict) else {}
+            opts[name] = {**user, "domain": {**made["domain"], **(user.get("domain") or {})}}
+    raw["data_options"] = opts
+
+
 def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> Grid:
     """Read, validate and expand a grid into resolved cells, applying the command line's overrides.
     Every problem found (types, ranges, names, unknown keys, overrides no cell uses) is reported in
@@ -231,6 +255,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         raise BenchError(f"{path}: not valid TOML ({e})") from e
     problems = Problems(path)
     _apply_overrides(raw, ov, problems)
+    _inline_domains(raw, problems)
     _check_top(raw, problems)
     name = raw.get("name", path.stem)
     targets = problems.check(_pairs, raw) or []

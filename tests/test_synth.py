@@ -54,7 +54,7 @@ def test_domains_differ(scene):
     s3 = generate_scene("synth-s3dis", "test", 0, 0)
     assert 2 in set(np.unique(s3.label))  # ceilings
     assert abs(scene.color.mean() - s3.color.mean()) > 0.02 or abs(scene.color.std() - s3.color.std()) > 0.02
-    assert DOMAINS["synth-s3dis"].voxel < DOMAINS["synth-scannet"].voxel
+    assert DOMAINS["synth-s3dis"].sensor.voxel < DOMAINS["synth-scannet"].sensor.voxel
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS.names())
@@ -129,16 +129,24 @@ def test_registry_contract_configs_and_unknown_options(tmp_path):
             continue
         assert entry.config is not None and dataclasses.is_dataclass(entry.config), entry.name
         make_config(entry, {}, "x")  # every option has a default
-    with pytest.raises(BenchError, match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: root, seed"):
+    with pytest.raises(BenchError,
+                       match=r"dataset 'synth-s3dis' has no parameter 'sed'; valid parameters: domain, root, seed"):
         get_dataset("synth-s3dis", sed=1)
     with pytest.raises(BenchError, match=r"dataset 'scannet' has no parameter 'frame_cont'.*parameters: frame_count"):
         get_dataset("scannet", root=str(tmp_path), frame_cont=3)
     cfg = dataset_config("synth-s3dis:jitter@2", {"seed": 3})
     ds = get_dataset("synth-s3dis:jitter@2", cfg=cfg)
     assert ds.base.seed == 3 and ds.name == "synth-s3dis:jitter@2"
-    # the scene cache key of the synthetic world is unchanged by the package split
-    assert get_dataset("synth-s3dis").fingerprint() == {"dataset": "synth-s3dis", "seed": 0, "generator": 3}
-    assert get_dataset("synth-s3dis").root.name == "synth-s3dis-v3-s0"
+    # the scene cache key holds the world version and the domain's parameter key: old caches never mix in
+    from bench.data.synth import DOMAINS, WORLD_VERSION
+
+    key = DOMAINS["synth-s3dis"].key
+    assert get_dataset("synth-s3dis").fingerprint() == {"dataset": "synth-s3dis", "seed": 0,
+                                                       "generator": WORLD_VERSION, "domain": key}
+    assert WORLD_VERSION >= 4
+    assert get_dataset("synth-s3dis").root.name == f"synth-s3dis-v{WORLD_VERSION}-s0-{key[:10]}"
+    noisy = get_dataset("synth-s3dis", domain={"sensor.noise": 0.02})
+    assert noisy.fingerprint()["domain"] != key and noisy.root != get_dataset("synth-s3dis").root
     with pytest.raises(BenchError, match="must have 5 values"):
         make_config(CORRUPTIONS.get("jitter"), {"sigma": [0.1, 0.2]}, "corruption")
 

@@ -9,37 +9,55 @@ views come from one shading model. The paired views (K posed pinhole cameras) ar
 same geometry with the same shading, so a point projected into a view lands on a pixel of matching
 depth and label.
 
-Domains (see ``DOMAINS``) mirror the character of the three indoor datasets of the TTT-KD paper:
+Domains (see ``DOMAINS``) are parameter sets (``domains.Domain``: room-type mix, object-style
+probabilities, sensor, lighting, palette, ceiling, labelled classes, seed) that mirror the documented
+content and capture of the three indoor datasets of the TTT-KD paper:
 
-* ``synth-scannet`` - ScanNet: small homes and offices (bedrooms, living rooms), no ceiling (ScanNet
-  reconstructions mostly lack it and ScanNet-20 has no ceiling class), warm tungsten light,
-  saturated consumer furniture colours, a consumer RGB-D sensor: depth noise growing with distance,
-  frequent holes, no depth on glass, registration drift between frames, sparse fused points.
-* ``synth-s3dis`` - S3DIS: large office and conference rooms with ceilings, many chairs around long
-  tables, bookcases, no beds (S3DIS has none), cool fluorescent light with strong ambient, dull
-  grey/desaturated surfaces, a survey-grade scanner: little noise, no drift, dense points.
-* ``synth-matterport`` - Matterport3D: rooms of whole homes of any kind with ceilings, beds, sofas and
-  cabinets, rich palettes, daylight with strong fall-off, a tripod panorama camera: medium noise,
-  stitching errors, coarser fused points.
+* ``synth-scannet`` - ScanNet: rooms of homes and offices (bedrooms, living rooms, kitchens,
+  bathrooms, offices), no ceiling, warm tungsten light, saturated consumer colours, a hand-held
+  consumer RGB-D sensor: depth noise growing with distance, holes, little depth on glass, drift,
+  upper walls missed, sparse fused points.
+* ``synth-s3dis`` - S3DIS: offices, hallways, storage and conference rooms of one university in the
+  proportions of S3DIS' 272 rooms, ceilings, swivel and sled-base chairs, cabinets annotated as
+  clutter, cool fluorescent light, dull surfaces, a survey-grade tripod scanner: dense clean points.
+* ``synth-matterport`` - Matterport3D: whole homes region by region, ceilings, dining and arm chairs,
+  rich palettes, daylight with strong fall-off, a tripod panorama camera: medium noise, coarse points.
+* ``synth-val`` - the validation domain for hyper-parameter selection, sharing no parameter set and
+  no scene with the three test domains (``TEST_DOMAINS``).
 
-Each scene is a pure function of (domain, split, index, seed): its generator is seeded by a hash of
-those four values, so splits never share scenes.
+A grid can define more domains from these (``[domains.NAME]``, see ``dataset.register_inline_domain``).
+Each scene is a pure function of (domain parameters, split, index, seed): its generator is seeded by a
+hash of those values and the world version, so splits and domains never share scenes.
 
-Modules, bottom up: ``domains`` (the parameters of each domain), ``room`` (boxes and furniture
-placement), ``render`` (ray casting and shading; camera geometry is ``bench.data.geometry``),
+Modules, bottom up: ``domains`` (the parameters of each domain), ``room`` (room types, object styles,
+boxes and furniture placement), ``render`` (ray casting and shading; camera geometry is ``bench.data.geometry``),
 ``generate`` (one scene) and ``dataset`` (the registered datasets and their scene cache).
 """
 
 from bench.data.geometry import intrinsic_for, look_at  # noqa: F401
-from bench.data.synth.dataset import SynthDataset, SynthDatasetConfig  # noqa: F401  (registers the domains)
-from bench.data.synth.domains import DOMAINS, Domain  # noqa: F401
+from bench.data.synth.dataset import (  # noqa: F401  (registers the domains)
+    SynthDataset,
+    SynthDatasetConfig,
+    register_inline_domain,
+)
+from bench.data.synth.domains import (  # noqa: F401
+    DOMAINS,
+    ROOM_TYPES,
+    TEST_DOMAINS,
+    VAL_DOMAIN,
+    WORLD_VERSION,
+    Domain,
+    domain_from_spec,
+    with_overrides,
+)
 from bench.data.synth.generate import (  # noqa: F401
     GENERATOR_VERSION,
     SPLIT_SIZES,
     SynthConfig,
     generate_scene,
+    scene_room,
     scene_seed,
     with_config,
 )
 from bench.data.synth.render import Lighting, camera_rays, kelvin_rgb, raycast, render, shade, visible_boxes  # noqa: F401
-from bench.data.synth.room import Boxes, build_room  # noqa: F401
+from bench.data.synth.room import STYLES, Boxes, build_room  # noqa: F401

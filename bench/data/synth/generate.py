@@ -1,6 +1,8 @@
 """One synthetic scene: a room scanned and fused into points, plus its paired posed RGB-D views.
 
-Each scene is a pure function of (domain, split, index, seed) and the sizes in ``SynthConfig``.
+Each scene is a pure function of (the domain's parameters, split, index, seed) and the sizes in
+``SynthConfig``: its generator is seeded by a hash of the domain's parameter key (which includes the
+world version), the split, the index and the seed.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import numpy as np
 from bench.data.classes import IGNORE, NUM_CLASSES
 from bench.data.geometry import intrinsic_for, look_at
 from bench.data.scene import Scene, View
-from bench.data.synth.domains import DOMAINS, C
+from bench.data.synth.domains import DOMAINS, WORLD_VERSION, C, Domain
 from bench.data.synth.render import Lighting, camera_rays, kelvin_rgb, render
 from bench.data.synth.room import _Room, build_room
 
-GENERATOR_VERSION = 3  # bump when the generator changes: cached scenes are keyed by it
+GENERATOR_VERSION = WORLD_VERSION  # bump (in domains.py) when the generator changes: cached scenes are keyed by it
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,27 @@ class SynthConfig:
 SPLIT_SIZES = {"train": 10_000, "val": 10_000, "test": 10_000}
 
 
-def scene_seed(domain: str, split: str, index: int, seed: int) -> int:
-    h = hashlib.sha256(f"{domain}|{split}|{index}|{seed}|v{GENERATOR_VERSION}".encode()).digest()
+def as_domain(domain: str | Domain) -> Domain:
+    if isinstance(domain, Domain):
+        return domain
+    if domain not in DOMAINS:
+        from bench.errors import BenchError
+
+        raise BenchError(f"unknown synthetic domain '{domain}'; built-in: {', '.join(DOMAINS)}")
+    return DOMAINS[domain]
+
+
+def scene_seed(domain: str | Domain, split: str, index: int, seed: int) -> int:
+    """The generator seed of one scene: a hash of the domain's parameters (its ``key``), split, index, seed."""
+    key = as_domain(domain).key
+    h = hashlib.sha256(f"{key}|{split}|{index}|{seed}|v{GENERATOR_VERSION}".encode()).digest()
     return int.from_bytes(h[:8], "little")
+
+
+def scene_room(domain: str | Domain, split: str, index: int, seed: int = 0):
+    """The room of a scene (type, boxes, placed styles) without scanning it: the generator's first step."""
+    dom = as_domain(domain)
+    return build_room(dom, np.random.default_rng(scene_seed(dom, split, index, seed)))
 
 
 def _free_spot(room: _Room, rng, z: float):
@@ -68,17 +88,19 @@ def _blob_mask(rng, hw, rate: float) -> np.ndarray:
     return up < rate
 
 
-def generate_scene(domain: str, split: str, index: int, seed: int = 0, cfg: SynthConfig = SynthConfig()) -> Scene:
-    """Generate one scene: a pure function of (domain, split, index, seed) and the config."""
-    dom = DOMAINS[domain]
-    rng = np.random.default_rng(scene_seed(domain, split, index, seed))
+def generate_scene(domain: str | Domain, split: str, index: int, seed: int = 0,
+                   cfg: SynthConfig = SynthConfig()) -> Scene:
+    """Generate one scene: a pure function of (the domain's parameters, split, index, seed) and the config."""
+    dom = as_domain(domain)
+    rng = np.random.default_rng(scene_seed(dom, split, index, seed))
     room = build_room(dom, rng)
+    sensor, lit = dom.sensor, dom.lighting
     boxes = room.boxes.tensors()
     light = Lighting(
-        ambient=rng.uniform(*dom.ambient),
+        ambient=rng.uniform(*lit.ambient),
         lamp_pos=np.array([rng.uniform(0.3, 0.7) * room.lx, rng.uniform(0.3, 0.7) * room.ly, room.h - 0.2]),
-        lamp=rng.uniform(*dom.lamp), falloff=dom.falloff,
-        tint=kelvin_rgb(rng.uniform(*dom.kelvin)), texture=dom.texture,
+        lamp=rng.uniform(*lit.lamp), falloff=lit.falloff,
+        tint=kelvin_rgb(rng.uniform(*lit.kelvin)), texture=lit.texture,
     )
     center = np.array([room.lx / 2, room.ly / 2, 0.0])
 
@@ -88,23 +110,26 @@ def generate_scene(domain: str, split: str, index: int, seed: int = 0, cfg: Synt
     for _ in range(cfg.scan_positions):
         eye = _free_spot(room, rng, rng.uniform(1.2, 1.6))
         for j in range(cfg.scan_yaws):
-            for pitch in (-0.35, -0.9, 0.25):
+            for pitch in sensor.pitches:
                 yaw = 2 * math.pi * (j + rng.random() * 0.5) / cfg.scan_yaws
                 tgt = eye + np.array([math.cos(yaw), math.sin(yaw), math.tan(pitch)])
                 pose = look_at(eye, tgt)
                 col, depth, label, pts, n, b, hit = render(boxes, light, k_scan, pose, cfg.scan_hw)
-                keep = hit.numpy() & ~_blob_mask(rng, cfg.scan_hw, dom.hole_rate).reshape(-1)
-                if not dom.glass_depth:
-                    keep &= (label.numpy() != C["window"])
-                keep &= depth.numpy() < 6.0  # sensor range
+                keep = hit.numpy() & ~_blob_mask(rng, cfg.scan_hw, sensor.hole_rate).reshape(-1)
+                if sensor.glass_depth < 1:  # glass returns depth only on frames and dirty patches
+                    seen = ~_blob_mask(rng, cfg.scan_hw, 1.0 - sensor.glass_depth).reshape(-1)
+                    keep &= (label.numpy() != C["window"]) | seen
+                keep &= depth.numpy() < sensor.max_range
+                if sensor.top > 0:
+                    keep &= pts.numpy()[:, 2] < sensor.top
                 idx = np.nonzero(keep)[0]
                 dd = depth.numpy()[idx]
-                dd = dd + rng.normal(0, 1, len(dd)) * dom.depth_noise * dd ** 2
+                dd = dd + rng.normal(0, 1, len(dd)) * sensor.noise * dd ** 2
                 o, dirs, zpt = camera_rays(k_scan, pose, cfg.scan_hw)
                 q = o.numpy()[idx] + dirs.numpy()[idx] * (dd / zpt.numpy()[idx])[:, None]
                 # registration error: the frame is fused with a slightly wrong pose
-                r_err = _rot(rng, dom.reg_rot_deg)
-                t_err = rng.normal(0, dom.reg_trans, 3)
+                r_err = _rot(rng, sensor.reg_rot_deg)
+                t_err = rng.normal(0, sensor.reg_trans, 3)
                 q = (q - eye) @ r_err.T + eye + t_err
                 pts_all.append(q), col_all.append(col.numpy()[idx]), nrm_all.append(n.numpy()[idx] @ r_err.T)
                 lab_all.append(label.numpy()[idx])
@@ -114,7 +139,7 @@ def generate_scene(domain: str, split: str, index: int, seed: int = 0, cfg: Synt
     lab = np.concatenate(lab_all)
     col = np.clip(col + rng.normal(0, 0.015, col.shape), 0, 1).astype(np.float32)  # sensor colour noise
     # fuse on the domain's voxel grid: one point per occupied voxel (a random one of its samples)
-    vox = np.floor(pts / dom.voxel).astype(np.int64)
+    vox = np.floor(pts / sensor.voxel).astype(np.int64)
     vox -= vox.min(0)
     key = (vox[:, 0] * (vox[:, 1].max() + 1) + vox[:, 1]) * (vox[:, 2].max() + 1) + vox[:, 2]
     order = rng.permutation(len(pts))
@@ -144,7 +169,7 @@ def generate_scene(domain: str, split: str, index: int, seed: int = 0, cfg: Synt
         views.append(View(image=(img * 255 + 0.5).astype(np.uint8), intrinsic=k_view, cam_to_world=pose,
                           depth=depth.numpy().reshape(h, w).astype(np.float32), label=labv.astype(np.int64)))
     name = f"{split}_{index:04d}"
-    return Scene(name, domain, pts, col, lab, nrm, views).validate(num_classes=NUM_CLASSES)
+    return Scene(name, dom.name, pts, col, lab, nrm, views).validate(num_classes=NUM_CLASSES)
 
 
 def with_config(**kw) -> SynthConfig:
