@@ -114,9 +114,18 @@ def _rulebook_calls(monkeypatch) -> list:
     return calls
 
 
-def test_rulebook_reuse_is_bit_identical_and_skips_rebuilding(scene, monkeypatch):
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rulebook_reuse_is_bit_identical_and_skips_rebuilding(scene, monkeypatch, one_thread):
     """Repeated TTT steps on one scene's batch reuse voxels and submanifold rulebooks: the same outputs,
-    gradients and weights bit for bit as without reuse, and fewer rulebooks built."""
+    gradients and weights bit for bit as without reuse, and fewer rulebooks built. One torch thread: with
+    more, the backward's reductions are not bit-reproducible even without reuse."""
     import copy
 
     from backbones.spunet import rulebook_reuse
@@ -148,7 +157,7 @@ def test_rulebook_reuse_is_bit_identical_and_skips_rebuilding(scene, monkeypatch
     assert n1 == per_forward + 3 * 3  # later forwards rebuild only the 3 strided (kernel 2) rulebooks
 
 
-def test_rulebook_reuse_follows_the_coordinates(scene, monkeypatch):
+def test_rulebook_reuse_follows_the_coordinates(scene, monkeypatch, one_thread):
     """A new batch or an in-place change of the coordinates never sees another coordinate set's rulebooks."""
     from backbones.spunet import rulebook_reuse
 
