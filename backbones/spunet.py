@@ -6,10 +6,22 @@ point takes back the feature of its voxel, so no point is left unpredicted. On C
 convolution uses ``ConvAlgo.Native`` (spconv's other algorithms need CUDA); ``set_conv_algo`` switches
 to spconv's default implicit-GEMM algorithm when the model moves to CUDA (spconv 2.3 stores weights in
 one layout for every algorithm, so switching is safe).
+
+Rulebook reuse: a method often runs the model several times on the same points (TTT-KD's steps and
+its prediction, CoTTA's anchor and teacher on the un-augmented scene, any "after" prediction). The
+voxelisation and the submanifold rulebooks (spconv's indice pairs, ``subm0``..``subm3``) depend only
+on the coordinates, so they are computed once per coordinate tensor and kept on that tensor (they
+live as long as the scene's batch does). A coarser level's rulebook is reused only when the strided
+convolution produced exactly the cached voxels (checked with ``torch.equal`` every forward); the
+strided convolutions' own rulebooks (cheap, kernel 2) are rebuilt every forward, because spconv
+reuses stored indice pairs for submanifold convolutions only. Outputs are bit-identical to a forward
+without reuse (same indice pairs, same arithmetic); ``rulebook_reuse(False)`` switches it off.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import spconv.pytorch as spconv
@@ -21,6 +33,52 @@ from backbones.batch import PointBatch
 from backbones.registry import BACKBONES
 
 NATIVE = ConvAlgo.Native
+_CACHE_ATTR = "_spunet_rulebooks"
+_REUSE = {"on": True}
+
+
+@contextmanager
+def rulebook_reuse(enabled: bool) -> Iterator[None]:
+    """Switch the reuse of voxelisation and rulebooks across forwards on the same coordinates on or off
+    (for A/B timing and tests) inside the block."""
+    before = _REUSE["on"]
+    _REUSE["on"] = enabled
+    try:
+        yield
+    finally:
+        _REUSE["on"] = before
+
+
+def _coord_cache(batch: PointBatch, voxel_size: float) -> dict | None:
+    """The reuse cache of this batch's coordinates at ``voxel_size`` (None when reuse is off). Kept on
+    the coordinate tensor, keyed by everything the voxelisation depends on; an in-place change of the
+    coordinates or scene indices (tensor version counters) starts a fresh cache."""
+    if not _REUSE["on"]:
+        return None
+    key = (float(voxel_size), batch.coord._version, batch.batch.data_ptr(), batch.batch._version, batch.num_scenes)
+    store = getattr(batch.coord, _CACHE_ATTR, None)
+    if store is None or store[0] != key:
+        store = (key, {})
+        setattr(batch.coord, _CACHE_ATTR, store)
+    return store[1]
+
+
+def _reuse(x: spconv.SparseConvTensor, cache: dict | None, level: int) -> None:
+    """Put level ``level``'s cached submanifold rulebook into ``x`` when ``x`` has exactly its voxels."""
+    if cache is None:
+        return
+    key = f"subm{level}"
+    data = cache.get(key)
+    if data is None or key in x.indice_dict:
+        return
+    if data.indices is x.indices or (data.indices.shape == x.indices.shape and torch.equal(data.indices, x.indices)):
+        x.indice_dict[key] = data
+
+
+def _remember(x: spconv.SparseConvTensor, cache: dict | None, level: int) -> None:
+    key = f"subm{level}"
+    if cache is not None and key not in cache and key in x.indice_dict:
+        cache[key] = x.indice_dict[key]
 
 
 @dataclass
@@ -109,13 +167,24 @@ class SpUNet(nn.Module):
                                                       for _ in range(cfg.blocks)]))
 
     def forward(self, batch: PointBatch) -> torch.Tensor:
-        indices, inverse, shape = voxelize(batch, self.cfg.voxel_size)
+        cache = _coord_cache(batch, self.cfg.voxel_size)
+        if cache is not None and "voxels" in cache:
+            indices, inverse, shape = cache["voxels"]
+        else:
+            indices, inverse, shape = voxelize(batch, self.cfg.voxel_size)
+            if cache is not None:
+                cache["voxels"] = (indices, inverse, shape)
         vfeat = scatter_mean(batch.feat, inverse, indices.shape[0])
         x = spconv.SparseConvTensor(vfeat, indices, shape, batch.num_scenes)
+        _reuse(x, cache, 0)
         x = self.enc0(self.stem(x))
+        _remember(x, cache, 0)
         skips = [x]
-        for down, enc in zip(self.down, self.enc):
-            x = enc(down(x))
+        for level, (down, enc) in enumerate(zip(self.down, self.enc), 1):
+            x = down(x)
+            _reuse(x, cache, level)
+            x = enc(x)
+            _remember(x, cache, level)
             skips.append(x)
         for i in reversed(range(len(self.up))):
             x = self.up[i](x)

@@ -9,6 +9,12 @@ On a default synthetic scene it times, for each backbone, one forward and one TT
 - a training step (``backbones/train.py``'s loop) into data (augmentation, batching), forward (with
   the loss), backward and optimizer (clipping, step, schedule).
 
+and compares, interleaved (off, on, on, off, ...) in the same conditions, a TTT-KD scene (5 steps and the
+"after" prediction on one batch) and a repeated no-grad forward with spunet's rulebook reuse off and on
+(``backbones.spunet.rulebook_reuse``), in wall and CPU (process) seconds: CPU seconds are less
+disturbed by other processes on a shared machine. The breakdown is measured with reuse on (the
+harness default), so its rulebook part is what is still built per step (the strided convolutions').
+
 Module times come from forward hooks, function times from timing wrappers installed only while
 profiling (both synchronise CUDA when on CUDA), so the parts add up to the measured step. Every
 number is the median over ``repeats`` runs after a warm-up, with its spread (25-75 % range).
@@ -180,14 +186,15 @@ def _scenes(n_train: int):
     return test, [ds.load(n, with_views=False) for n in names]
 
 
-def ttt_step_fn(model, batch, target, mask, opt):
+def ttt_step_fn(model, batch, target, mask, opt, steps: int = 1):
     from backbones.losses import distill_loss
 
     def step():
-        loss = distill_loss(model(batch, ("kd",))["kd"], target, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        for _ in range(steps):
+            loss = distill_loss(model(batch, ("kd",))["kd"], target, mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return step
 
 
@@ -225,6 +232,54 @@ def profile_ttt_step(scene, device: str, repeats: int) -> dict:
             parts[p].append(s[p])
         parts["total"].append(total)
     return {p: spread(v) for p, v in parts.items()}
+
+
+def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5) -> dict:
+    """Interleaved A/B of rulebook reuse off/on: a TTT-KD scene (``steps`` steps + a no-grad prediction on
+    one batch, as the harness runs it) and one no-grad forward on a batch already seen; wall and CPU seconds."""
+    import copy
+
+    import torch
+
+    from backbones.batch import make_batch
+    from backbones.model import ModelSpec, build_model
+    from backbones.spunet import rulebook_reuse
+
+    base = build_model(ModelSpec(backbone="spunet", kd_dim=64), device).eval()
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(scene.num_points, 64, generator=g).to(device)
+    mask = torch.ones(scene.num_points, dtype=torch.bool, device=device)
+    timer = Timer(device)
+
+    def scene_work():
+        model = copy.deepcopy(base)
+        opt = torch.optim.Adam(model.backbone.parameters(), lr=1e-4)
+        batch = make_batch([scene], model.spec.features).to(device)
+        w, c = timer.now(), time.process_time()
+        ttt_step_fn(model, batch, target, mask, opt, steps)()
+        with torch.no_grad():
+            model(batch)
+        out = (timer.now() - w, time.process_time() - c)
+        w, c = timer.now(), time.process_time()
+        with torch.no_grad():
+            model(batch)
+        return out + (timer.now() - w, time.process_time() - c)
+
+    res: dict[bool, list] = {False: [], True: []}
+    for reuse in (False, True):  # warm-up
+        with rulebook_reuse(reuse):
+            scene_work()
+    for r in range(repeats):
+        for reuse in ((False, True) if r % 2 == 0 else (True, False)):
+            with rulebook_reuse(reuse):
+                res[reuse].append(scene_work())
+    out = {}
+    for reuse, rows in res.items():
+        cols = list(zip(*rows))
+        out["on" if reuse else "off"] = {k: spread(list(v)) for k, v in
+                                         zip(("scene_wall", "scene_cpu", "forward_wall", "forward_cpu"), cols)}
+    out["steps"] = steps
+    return out
 
 
 def profile_train_step(train_scenes, device: str, repeats: int) -> dict:
@@ -308,6 +363,7 @@ def profile(device: str = "cpu", repeats: int = 5, console: Console | None = Non
     if breakdown:
         out["ttt_step"] = profile_ttt_step(test, device, repeats)
         out["train_step"] = profile_train_step(train_scenes, device, repeats)
+        out["reuse_ab"] = profile_reuse_ab(test, device, repeats)
     print_profile(out, console)
     return out
 
@@ -339,6 +395,17 @@ def print_profile(out: dict, console: Console) -> None:
             tt.add_row(p, _fmt(b[p]), f"{100 * b[p]['median'] / total:.1f} %" if total > 0 else "")
         tt.add_row("total (measured)", _fmt(b["total"]), f"{100 * sum(b[p]['median'] for p in parts) / total:.1f} % "
                    "summed" if total > 0 else "")
+        console.print(tt)
+    if "reuse_ab" in out:
+        ab = out["reuse_ab"]
+        tt = Table(title=f"spunet rulebook reuse, interleaved A/B: a TTT-KD scene ({ab['steps']} steps + prediction) "
+                         "and a repeated no-grad forward")
+        for c in ("measure", "reuse off", "reuse on", "on/off (medians)"):
+            tt.add_column(c)
+        for k in ("scene_wall", "scene_cpu", "forward_wall", "forward_cpu"):
+            off, on = ab["off"][k], ab["on"][k]
+            tt.add_row(k.replace("_", " ") + " s", _fmt(off), _fmt(on),
+                       f"{on['median'] / off['median']:.3f}" if off["median"] > 0 else "")
         console.print(tt)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from backbones.batch import make_batch
+from backbones.batch import PointBatch, make_batch
 from backbones.checkpoint import get_or_train
 from backbones.model import ModelSpec, build_model
 from backbones.spunet import voxelize
@@ -100,3 +100,77 @@ def test_training_is_reproducible(scene):
         train(model, TrainConfig(epochs=2), [scene], [], 3, "cpu")
         outs.append(torch.cat([p.flatten() for p in model.parameters()]))
     assert torch.equal(outs[0], outs[1])
+
+
+def _rulebook_calls(monkeypatch) -> list:
+    from spconv.pytorch import ops
+
+    calls, orig = [], ops.get_indice_pairs
+
+    def counted(indices, *a, **k):
+        calls.append(indices.shape[0])
+        return orig(indices, *a, **k)
+
+    monkeypatch.setattr(ops, "get_indice_pairs", counted)
+    return calls
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_rulebook_reuse_is_bit_identical_and_skips_rebuilding(scene, monkeypatch, one_thread):
+    """Repeated TTT steps on one scene's batch reuse voxels and submanifold rulebooks: the same outputs,
+    gradients and weights bit for bit as without reuse, and fewer rulebooks built. One torch thread: with
+    more, the backward's reductions are not bit-reproducible even without reuse."""
+    import copy
+
+    from backbones.spunet import rulebook_reuse
+
+    torch.manual_seed(0)
+    base = build_model(ModelSpec(backbone="spunet", kd_dim=8)).eval()
+    target = torch.randn(scene.num_points, 8, generator=torch.Generator().manual_seed(1))
+    calls = _rulebook_calls(monkeypatch)
+    results = {}
+    for reuse in (False, True):
+        model = copy.deepcopy(base)
+        opt = torch.optim.Adam(model.backbone.parameters(), lr=1e-2)
+        batch = make_batch([scene], ("color", "normal"))
+        calls.clear()
+        with rulebook_reuse(reuse):
+            for _ in range(3):
+                loss = (model(batch, ("kd",))["kd"] - target).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                out = model(batch.with_feat(batch.feat * 0.5))["seg"]  # same coordinates, new features
+        results[reuse] = (out, [p.detach().clone() for p in model.parameters()], len(calls))
+    (out0, w0, n0), (out1, w1, n1) = results[False], results[True]
+    assert torch.equal(out0, out1)
+    assert all(torch.equal(a, b) for a, b in zip(w0, w1))
+    per_forward = n0 // 4  # 4 submanifold + 3 strided rulebooks per forward without reuse
+    assert n0 == 4 * per_forward and per_forward == 7
+    assert n1 == per_forward + 3 * 3  # later forwards rebuild only the 3 strided (kernel 2) rulebooks
+
+
+def test_rulebook_reuse_follows_the_coordinates(scene, monkeypatch, one_thread):
+    """A new batch or an in-place change of the coordinates never sees another coordinate set's rulebooks."""
+    from backbones.spunet import rulebook_reuse
+
+    model = build_model(ModelSpec(backbone="spunet")).eval()
+    calls = _rulebook_calls(monkeypatch)
+    batch = make_batch([scene], ("color", "normal"))
+    with torch.no_grad():
+        model(batch)
+        calls.clear()
+        batch.coord.mul_(1.5)  # in place: the cached voxels are stale
+        moved = model(batch)["seg"]
+        assert len(calls) == 7
+        with rulebook_reuse(False):
+            fresh = model(PointBatch(batch.coord.clone(), batch.feat, batch.batch.clone(), 1))["seg"]
+    assert torch.equal(moved, fresh)

@@ -42,6 +42,47 @@ def test_forward(benchmark, scene, backbone):
     assert out.shape[0] == scene.num_points
 
 
+@pytest.mark.parametrize("reuse", [False, True], ids=["rulebook-rebuilt", "rulebook-reused"])
+def test_forward_same_coordinates(benchmark, scene, reuse):
+    """A no-grad spunet forward on a batch the model has already seen (a method's "after" prediction,
+    CoTTA's anchor), with spunet's rulebook reuse off and on."""
+    from backbones.spunet import rulebook_reuse
+
+    model = build_model(ModelSpec(backbone="spunet")).eval()
+    batch = make_batch([scene], model.spec.features)
+
+    def fwd():
+        with torch.no_grad():
+            return model(batch)["seg"]
+
+    with rulebook_reuse(reuse):
+        fwd()  # the first forward on the batch builds what later ones reuse
+        out = benchmark(fwd)
+    assert out.shape[0] == scene.num_points
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["rulebook-rebuilt", "rulebook-reused"])
+def test_ttt_kd_scene(benchmark, scene, reuse):
+    """TTT-KD's work on one scene as the harness runs it: 5 steps and the "after" prediction on one batch."""
+    from backbones.spunet import rulebook_reuse
+    from bench.profile import ttt_step_fn
+
+    model = build_model(ModelSpec(backbone="spunet", kd_dim=64)).eval()
+    target = torch.randn(scene.num_points, 64)
+    mask = torch.ones(scene.num_points, dtype=torch.bool)
+    opt = torch.optim.Adam(model.backbone.parameters(), lr=1e-4)
+
+    def scene_work():
+        batch = make_batch([scene], model.spec.features)
+        ttt_step_fn(model, batch, target, mask, opt, 5)()
+        with torch.no_grad():
+            return model(batch)["seg"]
+
+    with rulebook_reuse(reuse):
+        out = benchmark(scene_work)
+    assert torch.isfinite(out).all()
+
+
 def test_ttt_kd_step(benchmark, scene):
     from backbones.losses import distill_loss
 
@@ -71,6 +112,17 @@ def test_ttt_kd_step_breakdown(benchmark, scene):
         assert b[p]["median"] >= 0, p
     parts = sum(b[p]["median"] for p in STEP_PARTS)
     assert 0.5 * b["total"]["median"] < parts < 1.5 * b["total"]["median"]  # sum of medians vs median of sums
+
+
+def test_rulebook_reuse_ab(benchmark, scene):
+    """The interleaved reuse off/on A/B of bench/profile.py; medians (wall and CPU) go to extra_info."""
+    from bench.profile import profile_reuse_ab
+
+    ab = benchmark.pedantic(profile_reuse_ab, args=(scene, "cpu", 2), rounds=1, iterations=1)
+    for mode in ("off", "on"):
+        for k, v in ab[mode].items():
+            benchmark.extra_info[f"{k}_{mode}_s"] = v["median"]
+            assert v["n"] == 2 and v["median"] > 0
 
 
 def test_cell_harness_overhead(benchmark):
