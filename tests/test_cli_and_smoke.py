@@ -77,7 +77,7 @@ def test_missing_data_root_is_one_message_before_the_run(tmp_path):
 def test_dry_run_lists_cells():
     r = bench("run", "--grid", "id_ood", "--dry-run", "--only", "method=ttt_kd")
     assert r.returncode == 0
-    assert "9 cells" in r.stdout and "synth-s3dis->synth-matterport" in r.stdout
+    assert "27 cells" in r.stdout and "synth-s3dis->synth-matterport" in r.stdout
 
 
 def test_show_writes_a_picture(tmp_path):
