@@ -51,6 +51,7 @@ from bench.progress import Activity, set_reporter
 log = logging.getLogger(__name__)
 
 IMPORTS_VAR = "TTT_BENCH_IMPORTS"
+INLINE_DOMAINS_VAR = "TTT_BENCH_DOMAINS"  # bench.data.synth.dataset.INLINE_VAR: a grid's inline domains
 Result = tuple[dict, list[dict]]
 
 
@@ -523,6 +524,9 @@ class Ray(Executor):
         cache = str(cache_dir()) if started and not self.address else None
         gpus = 1 if self.device.startswith("cuda") else 0
         opts = {"num_cpus": 1, "num_gpus": gpus, "max_retries": self.retries, "retry_exceptions": False}
+        shared = {k: os.environ[k] for k in (INLINE_DOMAINS_VAR,) if os.environ.get(k)}
+        if shared:  # a grid's inline domains: workers on other nodes do not inherit this environment
+            opts["runtime_env"] = {"env_vars": shared}
         train_task = ray.remote(**opts)(_ray_train)
         cell_task = ray.remote(**opts)(_ray_cell)
         inbox = ray.remote(num_cpus=0)(_Inbox).remote()

@@ -465,6 +465,17 @@ def test_modal_table_from_the_tiny_run(tiny_run):
     assert "2D" in t.to_markdown() and "fused" in t.to_latex()
 
 
+def test_modal_figure_from_the_tiny_run(tiny_run, tmp_path):
+    from bench.report.figures import _modal_rows, figures
+    from bench.report.frame import load
+
+    res = load(tiny_run)
+    rows = _modal_rows(res)
+    assert np.isfinite(rows["miou_2d"]).any() and np.isfinite(rows["miou_3d"]).all()
+    written = {p.name for p in figures(res, tmp_path)}
+    assert "fig_modal.png" in written
+
+
 def test_modal_fusion_rule():
     """Fused = mean of the softmaxes on seen points, 3D elsewhere; 2D counts seen points only."""
     from bench.cell import _modal_confusions

@@ -448,3 +448,40 @@ def segments(res: Results):
 
 __all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "probe_curve", "rolling_position",
            "save", "segment_table"]
+
+
+# ----------------------------------------------------------------------------------- multi-modal
+MODAL_KEYS = (("miou_2d", "2D"), ("miou_3d", "3D"), ("miou_fused", "fused"))
+
+
+def _modal_rows(res: Results) -> pd.DataFrame:
+    """Rows with a 2D branch (finite ``miou_2d``), plus every row's 3D value for comparison."""
+    c = res.cells
+    if "miou_2d" not in c or not np.isfinite(c["miou_2d"].astype(float)).any():
+        return pd.DataFrame()
+    c = c.copy()
+    c["miou_3d"] = (c["miou_3d"] if "miou_3d" in c else c["miou"]).astype(float).fillna(c["miou"].astype(float))
+    for k in ("miou_2d", "miou_fused"):
+        c[k] = c[k].astype(float)
+    return c
+
+
+@figure("2D / 3D / fused mIoU", lambda res: not _modal_rows(res).empty)
+def modal_bars(res: Results):
+    """Grouped bars per row: 2D, 3D and fused mIoU (mean over pairs and seeds); rows without a 2D branch
+    show their 3D bar only."""
+    c = _modal_rows(res)
+    g = c.groupby("row")[[k for k, _ in MODAL_KEYS]].mean()
+    rows = [r for r in res.order if r in g.index]
+    x = np.arange(len(rows))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(2.0 + 0.75 * len(rows), 3.6), layout="constrained")
+    for i, (k, name) in enumerate(MODAL_KEYS):
+        vals = 100 * g.loc[rows, k].to_numpy(dtype=float)
+        ax.bar(x + (i - 1) * width, np.nan_to_num(vals, nan=0.0), width, label=name,
+               color=("tab:orange", "tab:blue", "tab:green")[i])  # no bar (0) where a row has no 2D branch
+    ax.set_xticks(x, rows, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("mIoU (%) (mean over pairs and seeds)")
+    ax.set_title("2D (seen points), 3D and fused mIoU")
+    ax.legend(fontsize=8)
+    yield "fig_modal", fig
