@@ -499,7 +499,8 @@ def test_methods_all_lists_every_registered_method_on_the_id_ood_pairs():
     from bench.grid import load_grid
 
     g, ref = load_grid("methods_all"), load_grid("id_ood")
-    assert {c.method for c in g.cells} == set(METHODS.names())
+    shipped = {n for n in METHODS.names() if METHODS.get(n).factory.__module__.startswith("methods.")}
+    assert {c.method for c in g.cells} == shipped  # not the ones other test modules register
     assert {(c.source, c.target) for c in g.cells} == {(c.source, c.target) for c in ref.cells}
     assert {(c.train_scenes, c.test_scenes, json_cfg(c)) for c in g.cells} == \
         {(c.train_scenes, c.test_scenes, json_cfg(c)) for c in ref.cells}
