@@ -167,7 +167,10 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     base_seed = int(cell.cell_id[:8], 16)
     conf_total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     datasets = {k: ds for k, ds, _ in segments}
-    seg_classes = {k: eval_classes(source.classes, ds.classes) for k, ds in datasets.items()}
+    # Every row of a pair is scored on the classes its *nominal* source and the target share: the Oracle
+    # (trained on the target) included, so that Oracle - Source-Only compares the same class set.
+    pair_source = source if cell.training_data() == cell.source else dataset_for(cell, cell.source)
+    seg_classes = {k: eval_classes(pair_source.classes, ds.classes) for k, ds in datasets.items()}
     conf_seg = {k: np.zeros_like(conf_total) for k in datasets}
     items = stream_order(cell, [(k, name) for k, _, names in segments for name in names], datasets, fc is not None)
     scene_rows, probe_rows, adapt_s, infer_s, prepare_s, steps, n_resets = [], [], 0.0, 0.0, 0.0, [], 0

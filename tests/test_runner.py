@@ -446,3 +446,31 @@ def test_reference_folder_is_never_resumed_by_a_plain_run(tmp_path, grid_file):
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+class WideDataset(TinyDataset):
+    """tiny-a's scenes, but the dataset labels a third class (ceiling) that tiny-a does not."""
+
+    def __init__(self, **_):
+        super().__init__(0.15)
+        self.name, self.classes = "tiny-wide", (0, 1, 2)
+
+    def fingerprint(self):
+        return {"dataset": self.name}
+
+
+DATASETS.register("tiny-wide", description="test dataset with a class tiny-a lacks")(lambda **kw: WideDataset())
+
+
+def test_oracle_is_scored_on_the_classes_of_its_pair(tmp_path):
+    """Oracle - Source-Only must compare one class set: the classes the pair's source and target share,
+    even though the Oracle's own model is trained on the target and knows all of the target's classes."""
+    text = (GRID.replace('datasets = ["tiny-a", "tiny-b"]', 'datasets = ["tiny-a", "tiny-wide"]')
+            .replace('pairs = "all"', 'pairs = [["tiny-a", "tiny-wide"]]')
+            + '[[methods]]\nname = "source"\ntrain_on = "target"\nlabel = "Oracle"\n')
+    p = tmp_path / "g.toml"
+    p.write_text(text)
+    run_grid(load_grid(str(p)), tmp_path / "out", only=["method=source"])
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet").set_index("label")
+    assert set(cells.index) == {"Source-Only", "Oracle"}
+    assert cells.loc["Oracle", "eval_classes"] == cells.loc["Source-Only", "eval_classes"] == "wall,floor"
