@@ -140,7 +140,7 @@ def _scene_input(cell: Cell, scene, index: int, seed: int, fc, ds, device: str):
 
 def _run(cell: Cell) -> tuple[dict, list[dict]]:
     from bench.models import get_model
-    from bench.resources import dataset_for, feature_cache, load_scene, stream_names
+    from bench.resources import data_key, dataset_for, feature_cache, load_scene, stream_names
     from methods import METHODS
 
     torch.manual_seed(cell.seed)
@@ -253,6 +253,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
            "miou_fused": miou(conf_fused_total, classes) if multimodal else float("nan"),
            "acc": accuracy(conf_total),
            "eval_classes": ",".join(CLASSES[c] for c in classes),
+           "data_key": data_key(cell),
            "steps_per_scene": float(np.mean(steps)) if steps else 0.0, "steps_total": int(np.sum(steps)),
            "adapt_s_per_scene": adapt_s / n, "infer_s_per_scene": infer_s / n, "prepare_s": prepare_s,
            "teacher_s": fc.seconds if fc else 0.0, "teacher_cache_hits": fc.hits if fc else 0,

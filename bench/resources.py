@@ -54,6 +54,18 @@ def teacher(cell: Cell):
     return _teacher(json.dumps(cell.teacher, sort_keys=True), cell.device)
 
 
+def data_key(cell: Cell) -> str:
+    """A hash of the fingerprints of every dataset the cell reads (its training data, its pair's source
+    and each stream segment's dataset): for synthetic domains the world version, domain parameters and
+    seed. Recorded with each result row; a resumed run re-runs finished cells whose data changed since
+    (a run folder of an older world is never silently mixed into a new one). Teacher weights are not
+    part of it."""
+    from bench.cache import stable_hash
+
+    specs = sorted({cell.training_data(), cell.source, *(seg.dataset for seg in cell.stream)})
+    return stable_hash([dataset_for(cell, s).fingerprint() for s in specs])
+
+
 def feature_cache(cell: Cell):
     """The cell's teacher-feature cache with the cell's lifting settings (views, tolerance)."""
     from teachers.cache import FeatureCache

@@ -19,6 +19,7 @@ from bench.errors import BenchError
 from bench.executors import cpu_cores, make_executor
 from bench.grid import Grid, check_only, matches
 from bench.progress import progress
+from bench.resources import data_key
 from bench.spec import Cell, describe
 from bench.store import ResultsStore
 
@@ -59,7 +60,7 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     store = ResultsStore(out, reference=reference)
     cells = select(grid, only)
     store.check_writable()
-    done = store.finished()
+    done = fresh(store, cells, console)
     todo = [c for c in cells if c.cell_id not in done]
     preflight(todo)
     with store.lock():
@@ -94,6 +95,32 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     summary(store, cells, console)
     console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
     return {"ran": len(todo), "errors": n_err, "seconds": elapsed}
+
+
+def fresh(store: ResultsStore, cells: list[Cell], console: Console) -> set[str]:
+    """Ids of the cells finished in ``store`` on the data they would read now. A finished row whose
+    recorded data key differs from the cell's current one (another world version, other domain
+    parameters or data) or that has none (written before rows recorded it) is run again and its row
+    replaced, with a warning, so results of two versions of a dataset never sit in one run folder."""
+    keys = store.data_keys()
+    done, stale = set(), []
+    for c in cells:
+        if c.cell_id not in keys:
+            continue
+        try:
+            now = data_key(c)
+        except BenchError:
+            now = None  # the data cannot be opened here: keep the row; preflight reports the problem if it runs
+        if now is None or keys[c.cell_id] == now:
+            done.add(c.cell_id)
+        else:
+            stale.append(c)
+    if stale:
+        console.print(f"[yellow]{len(stale)} finished cell(s) in {store.out} were run on other data than "
+                      f"they would read now (another world version or dataset parameters, or rows from before "
+                      f"data keys were recorded), e.g. {escape(describe(stale[0]))}: running them again and "
+                      "replacing their rows (use a new --out to keep the old ones)[/]")
+    return done
 
 
 def preflight(cells: list[Cell]) -> None:

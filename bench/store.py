@@ -94,6 +94,15 @@ class ResultsStore:
         df = self.cells()
         return set(df.loc[df["status"] == "ok", "cell_id"]) if not df.empty else set()
 
+    def data_keys(self) -> dict[str, str]:
+        """Cell id -> the data key its finished row recorded ("" for rows written before rows had one)."""
+        df = self.cells()
+        if df.empty:
+            return {}
+        ok = df[df["status"] == "ok"]
+        keys = ok["data_key"] if "data_key" in ok else pd.Series("", index=ok.index)
+        return {c: (k if isinstance(k, str) else "") for c, k in zip(ok["cell_id"], keys)}
+
     def append(self, cell_row: dict, scene_rows: list[dict]) -> None:
         cid = cell_row["cell_id"]
         if self.scenes_path.is_file():

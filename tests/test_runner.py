@@ -474,3 +474,34 @@ def test_oracle_is_scored_on_the_classes_of_its_pair(tmp_path):
     cells = pd.read_parquet(tmp_path / "out" / "cells.parquet").set_index("label")
     assert set(cells.index) == {"Source-Only", "Oracle"}
     assert cells.loc["Oracle", "eval_classes"] == cells.loc["Source-Only", "eval_classes"] == "wall,floor"
+
+
+def test_resume_reruns_cells_whose_data_changed(tmp_path, grid_file, monkeypatch):
+    """A run folder resumed after the data changed (e.g. a new world version) re-runs the affected cells
+    instead of counting their old rows as finished; unaffected cells stay finished."""
+    g = load_grid(str(grid_file))
+    out = tmp_path / "res"
+    run_grid(g, out, only=["method=source"])
+    before = pd.read_parquet(out / "cells.parquet").set_index("cell_id")
+    assert before["data_key"].str.len().eq(16).all()
+    assert run_grid(g, out, only=["method=source"])["ran"] == 0
+    # tiny-b's data changes (its fingerprint says so): the cells that read tiny-b run again
+    monkeypatch.setattr(TinyDataset, "fingerprint",
+                        lambda self: {"dataset": self.name, **({"version": 2} if self.name == "tiny0.15" else {})})
+    r = run_grid(g, out, only=["method=source"])
+    cells = load_grid(str(grid_file)).cells
+    reads_b = [c for c in select_cells(cells) if "tiny-b" in (c.source, c.training_data(), c.stream[0].dataset)]
+    assert r["ran"] == len(reads_b) == 3
+    after = pd.read_parquet(out / "cells.parquet").set_index("cell_id")
+    assert after.index.is_unique and len(after) == len(before)
+    changed = after.index[after["data_key"] != before.loc[after.index, "data_key"]]
+    assert set(changed) == {c.cell_id for c in reads_b}
+    # rows written before rows carried a data key are not trusted either
+    legacy = after.reset_index()
+    legacy["data_key"] = None
+    legacy.to_parquet(out / "cells.parquet", index=False)
+    assert run_grid(g, out, only=["method=source"])["ran"] == 4
+
+
+def select_cells(cells):
+    return [c for c in cells if c.method == "source"]
