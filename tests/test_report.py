@@ -222,6 +222,16 @@ def test_figure_registry_draws_what_applies_and_a_new_parameter_gets_its_curve(t
     assert not names & {"fig_teachers.png", "fig_corruptions.png", "fig_per_class_iou.png"}
 
 
+def test_figures_are_byte_identical_when_drawn_again(tmp_path):
+    """Regenerating a committed report rewrites no figure whose data did not change (no date, fixed SVG ids)."""
+    rows = [BASE] + [row("New", "brand_new", 0.5 + a / 10, params={"alpha": a}) for a in (1, 2, 3)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = {p.name: p.read_bytes() for p in figures(results(rows), tmp_path / "a")}
+    second = {p.name: p.read_bytes() for p in figures(results(rows), tmp_path / "b")}
+    assert first and any(n.endswith(".svg") for n in first) and first == second
+
+
 def test_pareto_labels_do_not_overlap_even_for_coincident_points():
     pts = np.array([[100.0, 100.0]] * 5 + [[104.0, 101.0], [300.0, 50.0]])
     w, h = 16.0, 11.0

@@ -44,11 +44,16 @@ def figure(name: str, applies: Callable[[Results], bool]):
     return deco
 
 
-def save(fig: plt.Figure, out: Path, stem: str) -> list[Path]:
+def save(fig: plt.Figure, out: Path, stem: str, **savefig) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` byte for byte the same on every run of the same data (no date
+    in the metadata, SVG ids from a fixed salt), so regenerating a committed report changes no file whose
+    figure did not change."""
     paths = []
+    opts = {"dpi": 130, "bbox_inches": "tight", "pad_inches": 0.1, **savefig}
     for ext in ("png", "svg"):
         p = out / f"{stem}.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight", pad_inches=0.1)
+        with plt.rc_context({"svg.hashsalt": "ttt-bench"}):
+            fig.savefig(p, metadata={"Date": None} if ext == "svg" else None, **opts)
         paths.append(p)
     plt.close(fig)
     return paths
