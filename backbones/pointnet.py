@@ -11,18 +11,23 @@ shifting each scene far along x before neighbour search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from backbones.batch import PointBatch
 from backbones.registry import BACKBONES
+from bench.params import AT_LEAST_1, POSITIVE, UNIT, Check, Checked, Each
 
 SCENE_GAP = 1.0e4  # metres between scenes of a batch during neighbour search
 
 
 @dataclass
-class PointNet2Config:
+class PointNet2Config(Checked):
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "grid": Each(POSITIVE), "channels": Each(AT_LEAST_1), "k": AT_LEAST_1, "bn_momentum": UNIT,
+    }
     grid: tuple[float, ...] = (0.12, 0.24, 0.48)  # cell size of each set-abstraction level
     channels: tuple[int, ...] = (32, 64, 96, 128)  # stem, then one per level
     k: int = 16

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import spconv.pytorch as spconv
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 
 from backbones.batch import PointBatch
 from backbones.registry import BACKBONES
+from bench.params import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Check, Checked, Each
 
 NATIVE = ConvAlgo.Native
 _CACHE_ATTR = "_spunet_rulebooks"
@@ -82,7 +84,11 @@ def _remember(x: spconv.SparseConvTensor, cache: dict | None, level: int) -> Non
 
 
 @dataclass
-class SpUNetConfig:
+class SpUNetConfig(Checked):
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "voxel_size": POSITIVE, "channels": Each(AT_LEAST_1), "blocks": AT_LEAST_0, "bn_momentum": UNIT,
+        "bn_eps": POSITIVE,
+    }
     voxel_size: float = 0.08
     channels: tuple[int, ...] = (32, 48, 64, 96)
     blocks: int = 1  # residual blocks per level

@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from backbones.registry import RECIPES
 from bench.data.classes import NUM_CLASSES
 from bench.data.scene import Scene
 from bench.metrics import confusion, miou
+from bench.params import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Check, Checked, one_of
 from bench.progress import progress, track
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,12 @@ TeacherFn = Callable[[Scene], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "epochs": AT_LEAST_1, "lr": POSITIVE, "weight_decay": AT_LEAST_0, "scenes_per_step": AT_LEAST_1,
+        "kd_weight": AT_LEAST_0, "kd_loss": one_of("cosine", "l2"), "mae_weight": AT_LEAST_0, "mae_ratio": UNIT,
+        "mae_cell": POSITIVE, "grad_clip": POSITIVE,
+    }
     epochs: int = 12
     lr: float = 0.01
     weight_decay: float = 1e-4

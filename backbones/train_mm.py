@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from bench.data.classes import NUM_CLASSES
 from bench.data.scene import Scene
 from bench.errors import BenchError
 from bench.metrics import confusion, miou
+from bench.params import AT_LEAST_0, Check
 from bench.progress import progress, track
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JointKD2DConfig(JointKDConfig):
+    CHECKS: ClassVar[dict[str, Check]] = {"seg2d_weight": AT_LEAST_0}
     seg2d_weight: float = 1.0  # weight of the 2D head's cross-entropy on the seen points
 
 

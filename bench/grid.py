@@ -242,7 +242,6 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     Every problem found (types, ranges, names, unknown keys, overrides no cell uses) is reported in
     one BenchError, one line each."""
     from bench.data.datasets import DatasetSpec
-    from bench.registry import config_fields
     from methods import METHODS
     from methods.base import Needs
 
@@ -264,8 +263,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     for t in teachers:
         if t["name"] in ov.teacher_weights:
             t["weights"] = ov.teacher_weights[t["name"]]
-    if problems.items:  # also check the method tables, then report everything at once
-        _check_methods(raw, problems)
+    _check_configs(raw, backbones, problems)  # every parameter once, before any cell is built
     problems.raise_if_any()
     from bench.select import apply_selection, check_grid, grid_selection
 
@@ -299,12 +297,6 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         if entry is None:
             continue
         table = {k: v for k, v in m.items() if k not in METHOD_KEYS}
-        valid = set(config_fields(entry)) | set(CELL_SETTINGS)
-        bad = sorted(set(table) - valid)
-        if bad:
-            problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
-                         f"parameters: {', '.join(sorted(valid))}")
-            continue
         table, hp = apply_selection(selection, m["name"], table)
         needs = getattr(entry.factory, "needs", Needs())
         recipe = m.get("recipe", needs.recipe)
@@ -353,24 +345,55 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     return Grid(name, path, raw, text, selected, cells)
 
 
-def _check_methods(raw: dict, problems: Problems) -> None:
-    """The method tables' names, parameters (names and types) and recipes, on their own."""
-    from backbones import RECIPES
-    from bench.registry import make_config
+def _check_configs(raw: dict, backbones: list[dict], problems: Problems) -> None:
+    """The method tables, the ``[train]`` table (against the recipe of every method) and the backbone
+    tables against their config dataclasses: names, types, ranges and choices, each value on its own
+    (a crossed list value by value), so that every bad value is one line however many cells use it."""
+    from backbones import BACKBONES, RECIPES
+    from bench.registry import config_fields, make_config
     from methods import METHODS
+    from methods.base import Needs
 
+    recipes = {}
     for m in raw.get("methods") or []:
         m = problems.check(_as_table, m, "methods")
         entry = problems.check(METHODS.get, m["name"]) if m else None
         if entry is None:
             continue
+        fields = config_fields(entry)
         table = {k: v for k, v in m.items() if k not in METHOD_KEYS and k not in CELL_SETTINGS}
-        for p in _cross(table):
-            problems.check(make_config, entry, p, "method")
-        needs = getattr(entry.factory, "needs", None)
-        recipe = problems.check(RECIPES.get, m.get("recipe", needs.recipe if needs is not None else "source"))
-        if recipe is not None and isinstance(raw.get("train", {}), dict):
-            problems.check(make_config, recipe, raw.get("train", {}), "recipe")
+        bad = sorted(set(table) - set(fields))
+        if bad:
+            problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
+                         f"parameters: {', '.join(sorted(set(fields) | set(CELL_SETTINGS)))}")
+        for k, v in table.items():
+            if k in fields:
+                for x in v if isinstance(v, list) else [v]:
+                    problems.check(make_config, entry, {k: x}, "method")
+        recipe = problems.check(RECIPES.get, m.get("recipe", getattr(entry.factory, "needs", Needs()).recipe))
+        if recipe is not None:
+            recipes[recipe.name] = recipe
+    train = raw.get("train", {})
+    train = train if isinstance(train, dict) else {}  # else _check_top says so
+    found: dict[str, list[str]] = {}  # a bad [train] value gives the same message for every recipe: say it once
+    for recipe in recipes.values():
+        for k, v in train.items():
+            try:
+                make_config(recipe, {k: v}, "recipe")
+            except BenchError as e:
+                msg, prefix = str(e), f"recipe '{recipe.name}': "
+                if msg.startswith(prefix):
+                    found.setdefault(msg[len(prefix):], []).append(recipe.name)
+                else:
+                    problems.add(f"[train]: {msg}")
+    for msg, names in found.items():
+        problems.add(f"[train]: recipe{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}: {msg}")
+    for bb in backbones:
+        entry = problems.check(BACKBONES.get, bb["name"])
+        if entry is not None:
+            for k, v in bb.items():
+                if k != "name":
+                    problems.check(make_config, entry, {k: v}, "backbone")
 
 
 def cell_id(cell: dict | Cell) -> str:

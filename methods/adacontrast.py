@@ -52,6 +52,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from bench.params import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Check
 from methods.augment import augment_batch
 from methods.base import BN, Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -60,6 +61,11 @@ from methods.registry import METHODS
 @dataclass
 class AdaContrastConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (2e-5, 2e-4, 2e-3), "steps": (1, 2)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "weight_decay": AT_LEAST_0, "head_lr_mult": AT_LEAST_0, "momentum": UNIT,
+        "temperature": POSITIVE, "queue_size": AT_LEAST_1, "num_neighbors": AT_LEAST_1, "warmup_samples": AT_LEAST_0,
+        "samples": AT_LEAST_1, "weak": UNIT, "alpha": AT_LEAST_0, "beta": AT_LEAST_0, "eta": AT_LEAST_0,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 2e-4

@@ -20,6 +20,12 @@ learning rate and, for a method with gradient steps per scene, ``steps``; a meth
 parameters keeps the empty default. Keep spaces small (the selection crosses them and runs every
 candidate on every validation cell, on 2 CPU cores): three learning rates, two or three step
 counts. A subclass config inherits its parent's space; redeclare it where the defaults differ.
+
+Valid values: a config also declares the range or choices of each parameter in ``CHECKS``
+(``bench.params``), checked whenever the config is built, so a grid with ``steps = -3`` or
+``optimizer = "adamw"`` fails before any work starts. Declare every numeric parameter with a bound the
+code relies on (``steps``: ``AT_LEAST_0``; momenta and probabilities: ``UNIT``; counts: ``AT_LEAST_1``)
+and every string parameter with a fixed set of values (``one_of(...)``). Checks are inherited.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from torch import nn
 
 from backbones.batch import PointBatch
 from backbones.model import SegModel
+from bench.params import POSITIVE, Check, Checked, one_of
 
 BN = nn.modules.batchnorm._BatchNorm
 NORM = (BN, nn.LayerNorm, nn.GroupNorm)
@@ -58,8 +65,9 @@ class Needs:
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(Checked):
     SEARCH: ClassVar[dict[str, tuple]] = {}  # candidates for `bench select` (see the module docstring)
+    CHECKS: ClassVar[dict[str, Check]] = {"lr": POSITIVE, "optimizer": one_of("adam", "sgd")}
     episodic: bool = True  # reset to the source model before every scene
     lr: float = 1e-3
     optimizer: str = "adam"  # adam or sgd (momentum 0.9)

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from bench.params import UNIT, Check
 from methods.base import BN, Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
 
 
 @dataclass
 class BNAdaptConfig(MethodConfig):
+    CHECKS: ClassVar[dict[str, Check]] = {"prior": UNIT}
     prior: float = 0.0  # weight of the source statistics (0 = test statistics only)
 
 

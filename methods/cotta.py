@@ -32,6 +32,7 @@ from typing import ClassVar
 
 import torch
 
+from bench.params import AT_LEAST_0, AT_LEAST_1, UNIT, Check
 from methods.augment import augment_batch
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -40,6 +41,9 @@ from methods.registry import METHODS
 @dataclass
 class CoTTAConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 2)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "ema": UNIT, "restore": UNIT, "ap": UNIT, "n_aug": AT_LEAST_1,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

@@ -48,7 +48,7 @@ import torch
 from backbones.batch import PointBatch
 from backbones.losses import entropy
 from bench.data.classes import NUM_CLASSES
-from bench.errors import BenchError
+from bench.params import AT_LEAST_0, Check, Range
 from methods.base import Method, MethodConfig, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 
@@ -56,6 +56,10 @@ from methods.registry import METHODS
 @dataclass
 class DeYOConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "deyo_margin": AT_LEAST_0, "margin_e0": AT_LEAST_0, "plpd_threshold": Range(-1, 1),
+        "patch_len": Range(2),
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3
@@ -89,11 +93,6 @@ class DeYO(Method):
     """entropy minimisation on points that are confident and lose confidence when the room's columns are shuffled"""
 
     bn_mode = "test"
-
-    def __init__(self, model, cfg: DeYOConfig):
-        if cfg.patch_len < 2:
-            raise BenchError(f"deyo: patch_len = {cfg.patch_len}; shuffling needs at least 2 columns per side")
-        super().__init__(model, cfg)
 
     def adapt_params(self):
         return bn_affine_params(self.model.backbone)

@@ -21,10 +21,12 @@ the adapting forward sees augmented copies, not the scene; DUA predicts after it
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from backbones.batch import PointBatch
+from bench.params import AT_LEAST_1, UNIT, Check
 from methods.augment import augment_batch
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -32,6 +34,7 @@ from methods.registry import METHODS
 
 @dataclass
 class DUAConfig(MethodConfig):
+    CHECKS: ClassVar[dict[str, Check]] = {"copies": AT_LEAST_1, "momentum": UNIT, "decay": UNIT, "min_momentum": UNIT}
     episodic: bool = False
     copies: int = 8
     momentum: float = 0.1

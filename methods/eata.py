@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from backbones.losses import entropy
 from bench.data.classes import NUM_CLASSES
 from bench.errors import BenchError
+from bench.params import AT_LEAST_0, AT_LEAST_1, UNIT, Check
 from methods.base import Method, MethodConfig, Needs, SceneInput, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 
@@ -52,6 +53,10 @@ from methods.registry import METHODS
 @dataclass
 class EATAConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "e_margin": AT_LEAST_0, "d_margin": AT_LEAST_0, "ema": UNIT, "fisher_alpha": AT_LEAST_0,
+        "fisher_size": AT_LEAST_1, "fisher_batch": AT_LEAST_1,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from backbones.losses import entropy
+from bench.params import AT_LEAST_0, Check, one_of
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
 
@@ -12,6 +13,7 @@ from methods.registry import METHODS
 @dataclass
 class EntropyConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-5, 1e-4, 1e-3), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0, "bn": one_of("test", "source")}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-4

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.losses import entropy
+from bench.params import AT_LEAST_0, UNIT, Check, one_of
 from methods.base import Method, MethodConfig, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 
@@ -41,6 +42,10 @@ from methods.registry import METHODS
 @dataclass
 class GIPSOConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 3e-4, 1e-3), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "select_ratio": UNIT, "k": AT_LEAST_0, "radius": AT_LEAST_0,
+        "params": one_of("bn", "backbone"), "bn": one_of("test", "source"),
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3
@@ -94,10 +99,6 @@ class GIPSO(Method):
     """GIPSO (no temporal term): class-balanced confident pseudo-labels propagated to 3D neighbours"""
 
     def __init__(self, model, cfg: GIPSOConfig):
-        if cfg.params not in ("bn", "backbone"):
-            from bench.errors import BenchError
-
-            raise BenchError(f"gipso: params = {cfg.params!r}; use 'bn' or 'backbone'")
         self.bn_mode = cfg.bn
         super().__init__(model, cfg)
 

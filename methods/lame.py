@@ -28,11 +28,12 @@ here: a 3D necessity, not a tuned choice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from bench.errors import BenchError
+from bench.params import AT_LEAST_0, AT_LEAST_1, Check
 from methods._feat import classifier, distinct_rows, knn_indices, penultimate
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -40,6 +41,7 @@ from methods.registry import METHODS
 
 @dataclass
 class LAMEConfig(MethodConfig):
+    CHECKS: ClassVar[dict[str, Check]] = {"knn": AT_LEAST_1, "lam": AT_LEAST_0, "max_steps": AT_LEAST_1}
     knn: int = 5
     lam: float = 1.0  # weight of the Laplacian term (official bound_lambda)
     max_steps: int = 100
@@ -72,11 +74,6 @@ def laplacian_optimisation(unary: torch.Tensor, nbr: torch.Tensor, lam: float, m
 @METHODS.register("lame", config=LAMEConfig)
 class LAME(Method):
     """output-only Laplacian adjustment of the predictions on a kNN graph of point features"""
-
-    def __init__(self, model, cfg: LAMEConfig):
-        if cfg.knn < 1 or cfg.max_steps < 1:
-            raise BenchError(f"lame: knn = {cfg.knn} and max_steps = {cfg.max_steps} must be at least 1")
-        super().__init__(model, cfg)
 
     @torch.no_grad()
     def predict(self, inp):

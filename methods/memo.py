@@ -33,6 +33,7 @@ import torch
 
 from backbones.batch import PointBatch
 from bench.errors import BenchError
+from bench.params import AT_LEAST_0, AT_LEAST_1, Check, one_of
 from methods.augment import augment_batch
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -41,6 +42,7 @@ from methods.registry import METHODS
 @dataclass
 class MEMOConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (2.5e-5, 2.5e-4, 2.5e-3), "steps": (1, 2)}
+    CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0, "n_aug": AT_LEAST_1, "bn": one_of("test", "source")}
     episodic: bool = True  # MEMO adapts on each test input from the source model
     steps: int = 1
     lr: float = 2.5e-4
@@ -68,8 +70,6 @@ class MEMO(Method):
     """marginal entropy over 3D augmentations of the scene, one step on all parameters, episodic"""
 
     def __init__(self, model, cfg: MEMOConfig):
-        if cfg.bn not in ("test", "source"):
-            raise BenchError(f"memo: bn = '{cfg.bn}' is not a BN mode; use 'test' or 'source'")
         self.bn_mode = cfg.bn
         super().__init__(model, cfg)
         # MEMO's official prediction is a forward on the clean scene after the update: no adapting

@@ -36,6 +36,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from bench.params import AT_LEAST_0, UNIT, Check, one_of
 from methods.base import Method, MethodConfig, Needs, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 from methods.xmuda import head2d_params, logits_2d
@@ -46,6 +47,7 @@ EPS = 1e-8
 @dataclass
 class MMTTAConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 3e-4, 1e-3), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0, "momentum": UNIT, "select": one_of("hard", "soft")}
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3
@@ -66,13 +68,6 @@ class MMTTA(Method):
     needs = Needs(recipe="joint-kd2d", teacher=True)
     bn_mode = "test"
     last_output_2d: torch.Tensor | None = None
-
-    def __init__(self, model, cfg: MMTTAConfig):
-        if cfg.select not in ("hard", "soft"):
-            from bench.errors import BenchError
-
-            raise BenchError(f"mmtta: select = {cfg.select!r}; use 'hard' or 'soft'")
-        super().__init__(model, cfg)
 
     def adapt_params(self):
         return bn_affine_params(self.model.backbone) + head2d_params(self.model)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones.losses import entropy
+from bench.params import AT_LEAST_0, POSITIVE, UNIT, Check
 from methods.augment import augment_batch
 from methods.base import NORM, Method, MethodConfig, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
@@ -50,6 +51,9 @@ from methods.registry import METHODS
 @dataclass
 class ROIDConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "momentum_src": UNIT, "momentum_probs": UNIT, "temperature": POSITIVE,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

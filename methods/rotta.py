@@ -48,6 +48,7 @@ from torch import nn
 
 from backbones.batch import PointBatch
 from bench.errors import BenchError
+from bench.params import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Check
 from methods.augment import augment_batch
 from methods.base import BN, Method, MethodConfig, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
@@ -56,6 +57,10 @@ from methods.registry import METHODS
 @dataclass
 class RoTTAConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "memory_size": AT_LEAST_1, "update_frequency": AT_LEAST_1, "nu": UNIT, "alpha": UNIT, "lambda_t": AT_LEAST_0,
+        "lambda_u": AT_LEAST_0, "block_size": POSITIVE, "min_block_points": AT_LEAST_0,
+    }
     episodic: bool = False
     lr: float = 1e-3
     memory_size: int = 64
@@ -172,9 +177,6 @@ class RoTTA(Method):
     """memory bank of point blocks (class-balanced, timeliness), robust BN, EMA teacher, age-weighted loss"""
 
     def __init__(self, model, cfg: RoTTAConfig):
-        if cfg.memory_size < 1 or cfg.update_frequency < 1 or cfg.block_size <= 0:
-            raise BenchError(f"rotta: memory_size ({cfg.memory_size}) and update_frequency "
-                             f"({cfg.update_frequency}) must be at least 1 and block_size ({cfg.block_size}) > 0")
         use_robust_bn(model, cfg.alpha)
         super().__init__(model, cfg)
         self.on_reset()

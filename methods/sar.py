@@ -43,6 +43,7 @@ import torch
 from backbones.batch import PointBatch, in_channels
 from backbones.losses import entropy
 from bench.data.classes import NUM_CLASSES
+from bench.params import AT_LEAST_0, UNIT, Check
 from methods.base import NORM, Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
 
@@ -50,6 +51,10 @@ from methods.registry import METHODS
 @dataclass
 class SARConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "rho": AT_LEAST_0, "e_margin": AT_LEAST_0, "reset_constant": AT_LEAST_0, "ema": UNIT,
+        "skip_top": UNIT,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-3

@@ -32,6 +32,7 @@ from typing import ClassVar
 import torch
 
 from bench.errors import BenchError
+from bench.params import AT_LEAST_0, POSITIVE, UNIT, Check
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
 
@@ -39,6 +40,10 @@ from methods.registry import METHODS
 @dataclass
 class ShotIMConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "lr_decay1": AT_LEAST_0, "lr_decay2": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+        "div_weight": AT_LEAST_0, "eps": POSITIVE, "bn_momentum": UNIT,
+    }
     episodic: bool = False
     steps: int = 1
     lr: float = 1e-2

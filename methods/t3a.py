@@ -26,12 +26,13 @@ candidate supports, so a small cap would keep a handful of voxels per class).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from backbones.losses import entropy
-from bench.errors import BenchError
+from bench.params import AT_LEAST_1, Check, Either, one_of
 from methods._feat import classifier, distinct_rows, penultimate
 from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
@@ -39,6 +40,7 @@ from methods.registry import METHODS
 
 @dataclass
 class T3AConfig(MethodConfig):
+    CHECKS: ClassVar[dict[str, Check]] = {"filter_k": Either((one_of(-1), AT_LEAST_1))}
     episodic: bool = False  # the support set grows over the stream
     filter_k: int = 100  # supports kept per class (lowest entropy); -1 keeps all
 
@@ -48,9 +50,6 @@ class T3A(Method):
     """backprop-free prototype adjustment of the classifier from confident point features"""
 
     def __init__(self, model, cfg: T3AConfig):
-        if cfg.filter_k == 0 or cfg.filter_k < -1:
-            raise BenchError(f"t3a: filter_k = {cfg.filter_k}; use a positive number of supports per class "
-                             "or -1 to keep all")
         super().__init__(model, cfg)
         self.on_reset()
 

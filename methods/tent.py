@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from backbones.losses import entropy
+from bench.params import AT_LEAST_0, Check
 from methods.base import Method, MethodConfig, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 
@@ -19,6 +20,7 @@ from methods.registry import METHODS
 @dataclass
 class TentConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0}
     episodic: bool = False  # Tent adapts online over the stream
     steps: int = 1
     lr: float = 1e-3

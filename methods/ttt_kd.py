@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from backbones.losses import distill_loss
+from bench.params import AT_LEAST_0, AT_LEAST_1, Check, one_of
 from methods.base import Method, MethodConfig, Needs, set_bn_mode
 from methods.registry import METHODS
 
@@ -30,6 +31,9 @@ from methods.registry import METHODS
 @dataclass
 class TTTKDConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (5, 25, 50)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "loss": one_of("cosine", "l2"), "bn": one_of("source", "test"),
+    }
     steps: int = 5
     lr: float = 1e-4
     loss: str = "cosine"  # cosine or l2
@@ -67,6 +71,7 @@ class TTTKD(Method):
 @dataclass
 class TTTKDOnlineConfig(TTTKDConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {"stride": AT_LEAST_1}
     episodic: bool = False
     steps: int = 1
     stride: int = 1  # a TTT step on every stride-th scene of the stream

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from backbones.losses import block_mask, masked_input, reconstruction_loss
+from bench.params import AT_LEAST_0, POSITIVE, UNIT, Check
 from methods.base import Method, MethodConfig, Needs, set_bn_mode
 from methods.registry import METHODS
 
@@ -15,6 +16,7 @@ from methods.registry import METHODS
 @dataclass
 class TTTMAEConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (3e-5, 1e-4, 3e-4), "steps": (5, 25, 50)}
+    CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0, "mask_ratio": UNIT, "mask_cell": POSITIVE}
     steps: int = 5
     lr: float = 1e-4
     mask_ratio: float = 0.5

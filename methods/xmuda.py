@@ -38,6 +38,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from bench.params import AT_LEAST_0, Check, one_of
 from methods.base import Method, MethodConfig, Needs, bn_affine_params, set_bn_mode
 from methods.registry import METHODS
 
@@ -45,6 +46,9 @@ from methods.registry import METHODS
 @dataclass
 class XMUDAConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 3e-4, 1e-3), "steps": (1, 3)}
+    CHECKS: ClassVar[dict[str, Check]] = {
+        "steps": AT_LEAST_0, "xm_weight": AT_LEAST_0, "pl_weight": AT_LEAST_0, "bn": one_of("test", "source"),
+    }
     episodic: bool = False  # online over the stream, as the test-time xMUDA baseline
     steps: int = 1
     lr: float = 1e-3
