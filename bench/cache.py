@@ -11,19 +11,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench.errors import BenchError
+
 ENV_VAR = "TTT_BENCH_CACHE"
 _override: Path | None = None
 
 
 def set_cache_dir(path: str | Path | None) -> None:
+    """Use ``path`` as the cache folder (None: $TTT_BENCH_CACHE, else ~/.cache/ttt-bench). A path that
+    exists but is not a folder raises a BenchError at once (nothing is created here)."""
     global _override
     _override = Path(path).expanduser() if path else None
+    _check(_chosen())
+
+
+def _chosen() -> Path:
+    return _override or Path(os.environ.get(ENV_VAR, "~/.cache/ttt-bench")).expanduser()
+
+
+def _source() -> str:
+    return "--cache-dir" if _override else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default cache folder"
+
+
+def _check(p: Path) -> None:
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise BenchError(f"cache folder {p} ({_source()}): {q} is a file, not a folder; pass --cache-dir "
+                                 f"FOLDER or set ${ENV_VAR} to a folder")
+            return
 
 
 def cache_dir() -> Path:
     """``--cache-dir`` if given, else $TTT_BENCH_CACHE, else ~/.cache/ttt-bench."""
-    p = _override or Path(os.environ.get(ENV_VAR, "~/.cache/ttt-bench")).expanduser()
-    p.mkdir(parents=True, exist_ok=True)
+    p = _chosen()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _check(p)
+        raise BenchError(f"cache folder {p} ({_source()}) cannot be created ({e.strerror}); pass --cache-dir FOLDER "
+                         f"or set ${ENV_VAR} to a writable folder") from None
     return p
 
 

@@ -15,7 +15,13 @@ from rich.markup import escape
 
 from bench.errors import BenchError
 
+RUNS = Path("runs")
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+
+
+def stdout_console() -> Console:
+    """Standard output: fitted to a terminal; piped into a file, lines are never wrapped nor tables cut."""
+    return Console() if sys.stdout.isatty() else Console(width=1000, soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                         "so that plain runs never resume or append there")
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="run only cells matching (repeatable): method, label, source, target, backbone, teacher, seed, "
-                        "recipe, views, predict or a method parameter")
+                   help="run only cells matching (repeatable): any cell setting (method, label, source, target, "
+                        "backbone, teacher, seed, recipe, views, predict, reset_every, order, probe_every, ...) or "
+                        "method parameter; numbers compare as numbers (lr=1e-4 is lr=0.0001)")
     r.add_argument("--executor", default="auto", choices=["auto", "inprocess", "pool", "ray"],
                    help="auto (default): on CPU a process pool with one single-threaded worker per core, on CUDA "
                         "in-process")
@@ -66,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="turn a run or reference folder into tables and figures")
     rep.add_argument("--grid", default="id_ood", help="grid name: reads runs/NAME if it has results, else "
-                     "results/reference/NAME (default id_ood)")
+                     "results/reference/NAME (here or in the repository holding the package; default id_ood)")
     rep.add_argument("--results", type=Path, help="run or reference folder (overrides --grid)")
 
     cmp_ = sub.add_parser("compare", help="does a run agree with a reference within the reference's seed spread?")
@@ -76,14 +83,18 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="draw a scene: points from above, its views and their label maps")
     s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
-    s.add_argument("--out", type=Path, help="PNG to write (default SCENE.png)")
+    s.add_argument("--out", type=Path, help="PNG to write (default DATASET_SCENE.png in the working folder, e.g. "
+                   "synth-scannet_test_0000.png)")
+    s.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
+                   help="root of a real dataset, e.g. scannet=/data/scannet")
 
     w = sub.add_parser("world", help="the synthetic world's statistics per domain beside the real datasets'")
     w.add_argument("--scenes", type=int, default=8, help="scenes per domain (default 8, about a minute)")
     w.add_argument("--domains", nargs="+", default=None,
                    help="synthetic domains (default: synth-scannet synth-s3dis synth-matterport synth-val)")
-    w.add_argument("--out", type=Path, default=Path("results/reference/world"),
-                   help="folder for world.md, world.json and the figure (default results/reference/world)")
+    w.add_argument("--out", type=Path, default=RUNS / "world",
+                   help="folder for world.md, world.json and the figure (default runs/world; the committed "
+                        "reference, made with --scenes 24, is results/reference/world)")
     w.add_argument("--results", type=Path, help="a run or reference folder (e.g. results/reference/id_ood): "
                    "adds the BN share of the gap per pair")
     w.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -175,10 +186,6 @@ def _kv(items: list[str], what: str, example: str) -> dict[str, str]:
     return out
 
 
-RUNS = Path("runs")
-REFERENCE = Path("results") / "reference"
-
-
 def cmd_run(args) -> int:
     from bench.grid import Overrides, load_grid
     from bench.runner import run_grid
@@ -194,7 +201,7 @@ def cmd_run(args) -> int:
     import_plugins()  # users' own methods/datasets named in $TTT_BENCH_IMPORTS, before the grid names them
     grid = load_grid(args.grid, overrides)
     if args.dry_run:
-        out = Console()
+        out = stdout_console()
         for c in grid.cells:
             out.print(f"{c.cell_id}  {describe(c)}", markup=False, highlight=False)
         out.print(f"{len(grid.cells)} cells")
@@ -220,10 +227,22 @@ def cmd_select(args) -> int:
 
 
 def _results_folder(grid: str) -> Path:
-    run = RUNS / grid
-    if (run / "cells.parquet").is_file():
-        return run
-    return REFERENCE / grid
+    """runs/GRID if it has results, else the reference folder that ``compare`` would use (results/reference/GRID
+    under the working folder or the repository holding the package)."""
+    from bench.compare import reference_candidates
+    from bench.grid import GRID_DIR
+
+    tried = [RUNS / grid, *reference_candidates(grid)]
+    for cand in tried:
+        if (cand / "cells.parquet").is_file():
+            return cand
+    looked = ", ".join(str(p) for p in tried)
+    known = sorted(p.stem for p in GRID_DIR.glob("*.toml"))
+    if grid not in known:
+        raise BenchError(f"report --grid {grid}: no grid '{grid}' (grids: {', '.join(known)}) and no results for it "
+                         f"(looked in {looked}); check the name, or pass --results FOLDER")
+    raise BenchError(f"report --grid {grid}: no results (cells.parquet) in {looked}; run `python -m bench run --grid "
+                     f"{grid}` first, or pass --results FOLDER")
 
 
 def cmd_report(args) -> int:
@@ -240,7 +259,7 @@ def cmd_compare(args) -> int:
 
     if not (args.run / "cells.parquet").is_file():
         raise BenchError(f"{args.run}: no results (cells.parquet) to compare; run a grid into it first")
-    return compare(args.run, args.reference, Console())
+    return compare(args.run, args.reference, stdout_console())
 
 
 def cmd_show(args) -> int:
@@ -248,9 +267,19 @@ def cmd_show(args) -> int:
 
     if "/" not in args.scene:
         raise BenchError(f"scene '{args.scene}' must be DATASET/SCENE, e.g. synth-scannet/test_0000")
-    ds, name = args.scene.rsplit("/", 1)
-    out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name}.png")
-    show_scene(ds, name, out)
+    ds, name = args.scene.split("/", 1)  # a real dataset's scene names may hold its split folder (val/scene0000_00)
+    roots = _kv(args.data_root, "--data-root", "scannet=/data/scannet")
+    from bench.data.datasets import DatasetSpec
+
+    base = DatasetSpec.parse(ds).base
+    for d, root in roots.items():
+        if d != base:
+            raise BenchError(f"--data-root {d}=...: the scene is from dataset '{base}', not '{d}'; pass "
+                             f"--data-root {base}=PATH")
+        if not Path(root).expanduser().is_dir():
+            raise BenchError(f"--data-root {d}={root}: {root} is not a folder")
+    out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name.replace('/', '_')}.png")
+    show_scene(ds, name, out, options={"root": roots[base]} if base in roots else None)
     Console().print(f"wrote {out}")
     return 0
 

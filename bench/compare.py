@@ -70,18 +70,22 @@ def grid_name(folder: Path) -> str:
                      "(python -m bench compare RUN REFERENCE)")
 
 
-def default_reference(run: Path) -> Path:
-    """``results/reference/GRID`` (or the older ``results/GRID``), under the working directory or the
-    repository holding this package; never the run folder itself."""
-    grid = grid_name(run)
+def reference_candidates(grid: str) -> list[Path]:
+    """Where a grid's reference results may be, in order: ``results/reference/GRID`` (or the older
+    ``results/GRID``) under the working directory, then under the repository holding this package."""
     roots = [Path.cwd(), Path(__file__).resolve().parents[1]]
-    tried = []
-    for root in roots:
-        for cand in (root / "results" / "reference" / grid, root / "results" / grid):
-            tried.append(str(cand))
-            if (cand / "cells.parquet").is_file() and cand.resolve() != run.resolve():
-                return cand
-    raise BenchError(f"no reference results for grid '{grid}' (looked in {', '.join(dict.fromkeys(tried))}); "
+    return list(dict.fromkeys(root / sub / grid for root in roots for sub in (Path("results") / "reference",
+                                                                              Path("results"))))
+
+
+def default_reference(run: Path) -> Path:
+    """The first of ``reference_candidates`` with results; never the run folder itself."""
+    grid = grid_name(run)
+    tried = reference_candidates(grid)
+    for cand in tried:
+        if (cand / "cells.parquet").is_file() and cand.resolve() != run.resolve():
+            return cand
+    raise BenchError(f"no reference results for grid '{grid}' (looked in {', '.join(map(str, tried))}); "
                      "pass the reference folder explicitly (python -m bench compare RUN REFERENCE)")
 
 

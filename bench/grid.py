@@ -25,7 +25,10 @@ and reports every problem at once.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import itertools
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +38,17 @@ from bench.errors import BenchError
 from bench.spec import (
     CELL_SETTINGS,
     DEFAULTS,
+    DEVICE_RE,
     PROTOCOL_DEFAULTS,
     STREAM_KEYS,
     Cell,
+    StreamProtocol,
     check_predict,
     check_tol,
     check_views,
     describe,
+    parse_protocol,
+    parse_stream,
     resolve,
     uses_teacher,
 )
@@ -51,7 +58,7 @@ TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
             "train", "data_options", "selected", "select", "reset_every", "domains"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
-ONLY_KEYS = ("method", "label", "source", "target", "backbone", "teacher", "seed", "recipe", "views", "predict")
+HIDDEN_CELL_FIELDS = ("grid", "recipe_teacher", "recipe_mae")  # derived flags, not settings to filter on
 
 __all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "cell_id"]
 
@@ -169,7 +176,7 @@ def _pairs(raw: dict) -> list[tuple[str, Any, dict]]:
     return out
 
 
-def _check_top(raw: dict, problems: Problems) -> None:
+def _check_top(raw: dict, problems: Problems, device_from: str = "device =") -> None:
     bad = sorted(set(raw) - TOP_KEYS)
     if bad:
         problems.add(f"unknown key(s) {', '.join(bad)}; valid keys: {', '.join(sorted(TOP_KEYS))}")
@@ -197,6 +204,107 @@ def _check_top(raw: dict, problems: Problems) -> None:
     for key, kind in (("train", dict), ("data_options", dict), ("features", list)):
         if key in raw and not isinstance(raw[key], kind):
             problems.add(f"'{key}' must be a {'table' if kind is dict else 'list'}, got {raw[key]!r}")
+    if "device" in raw and (not isinstance(raw["device"], str) or not DEVICE_RE.match(raw["device"])):
+        problems.add(f"{device_from} {raw['device']!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    features = raw.get("features")
+    if isinstance(features, list):
+        from backbones.batch import FEATURES
+
+        if not features or any(f not in FEATURES for f in features):
+            problems.add(f"features = {features!r} must be a non-empty list of {', '.join(FEATURES)}")
+    reset = raw.get("reset_every", 0)
+    if not isinstance(reset, int) or isinstance(reset, bool) or reset < 0:
+        problems.add(f"reset_every = {reset!r} must be a whole number >= 0 (0 = never)")
+
+
+def _is_synthetic(base: str) -> bool:
+    """A generated (synthetic) dataset: its splits have no fixed scene list, so a scene count of 0
+    ("every scene", as for real datasets) means none."""
+    from bench.data import DATASETS
+    from bench.data.synth import SynthDatasetConfig
+
+    return DATASETS.get(base).config is SynthDatasetConfig
+
+
+def _check_shared(raw: dict, backbones: list[dict], teachers: list[dict], targets: list, problems: Problems) -> None:
+    """What every method table of the grid shares (backbones, teachers, targets and their scene counts,
+    ``[train]``, ``[data_options]``), checked once so that a problem there is reported once rather than
+    once per method table."""
+    from backbones import BACKBONES, RECIPES
+    from bench.data import DATASETS
+    from bench.data.corrupt import CORRUPTIONS
+    from bench.data.datasets import DatasetSpec
+    from bench.data.synth import SPLIT_SIZES
+    from bench.registry import make_config
+    from methods import METHODS
+    from methods.base import Needs
+    from teachers import TEACHERS
+
+    for kind, registry, tables in (("backbone", BACKBONES, backbones), ("teacher", TEACHERS, teachers)):
+        for t in tables:
+            entry = problems.check(registry.get, t["name"])
+            for k, v in t.items() if entry is not None else ():  # each value on its own: one line per bad value
+                if k != "name":
+                    problems.check(make_config, entry, {k: v}, kind)
+    opts = raw.get("data_options", {})
+    if isinstance(opts, dict):
+        for name, o in opts.items():
+            if not isinstance(o, dict):
+                problems.add(f"[data_options.{name}] must be a table of options, got {o!r}")
+                continue
+            entry = problems.check(DATASETS.get, name)
+            if entry is not None:
+                try:
+                    make_config(entry, o, "dataset")
+                except BenchError as e:
+                    problems.add(f"[data_options.{name}]: {e}")
+    train = raw.get("train", {})
+    if isinstance(train, dict):  # one message per distinct problem, naming the recipes that read [train]
+        by_msg: dict[str, list[str]] = {}
+        for m in raw.get("methods") or []:
+            name = m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None
+            if not isinstance(name, str) or name not in METHODS:
+                continue  # not a method: reported with the method tables
+            m = _as_table(m, "methods")
+            recipe = m.get("recipe", getattr(METHODS.get(m["name"]).factory, "needs", Needs()).recipe)
+            if not isinstance(recipe, str) or recipe not in RECIPES:
+                continue
+            try:
+                make_config(RECIPES.get(recipe), train, "recipe")
+            except BenchError as e:
+                by_msg.setdefault(str(e).replace(f"recipe '{recipe}'", "[train]"), []).append(recipe)
+        for msg, recipes in by_msg.items():
+            problems.add(f"{msg} (the [train] table of recipe(s) {', '.join(dict.fromkeys(recipes))})")
+    test_scenes = raw.get("test_scenes", DEFAULTS["test_scenes"])
+    if not isinstance(test_scenes, int) or isinstance(test_scenes, bool) or test_scenes < 0:
+        test_scenes = DEFAULTS["test_scenes"]  # reported by _check_top
+    all_of: list[str] = []  # synthetic targets that test_scenes = 0 asks every scene of
+    for src, tgt, o in targets:
+        where = f"pair '{src}->{tgt}'" if isinstance(tgt, str) else f"stream from {src!r}"
+        if not isinstance(src, str):
+            problems.add(f"{where}: source must be a dataset spec string, got {src!r}")
+            continue
+        segments = problems.check(parse_stream, tgt, test_scenes, where) or ()
+        for i, spec in enumerate([src] + [g.dataset for g in segments]):
+            ds = problems.check(DatasetSpec.parse, spec)
+            if ds is None or problems.check(DATASETS.get, ds.base) is None:
+                continue
+            if ds.corruption:
+                problems.check(CORRUPTIONS.get, ds.corruption)
+                if i == 0:
+                    problems.add(f"{where}: source '{src}' is corrupted; corruptions apply to targets only")
+            if i > 0 and segments[i - 1].scenes == 0 and _is_synthetic(ds.base):
+                most = SPLIT_SIZES.get(segments[i - 1].split, 0)
+                if isinstance(tgt, str):
+                    all_of.append(ds.base)
+                else:
+                    problems.add(f"{where}: segment {i} ({spec}) has scenes = 0 (every scene), which applies to "
+                                 f"real datasets only; give the synthetic '{ds.base}' scenes = N (1-{most})")
+        problems.check(parse_protocol, o, {}, where)
+    if all_of:
+        problems.add(f"test_scenes = 0 (every test scene) applies to real datasets only; the synthetic "
+                     f"{', '.join(dict.fromkeys(all_of))} generate their scenes and have no fixed list: set "
+                     f"test_scenes = N (1-{SPLIT_SIZES['test']}, default {DEFAULTS['test_scenes']})")
 
 
 def _apply_overrides(raw: dict, ov: Overrides, problems: Problems) -> None:
@@ -211,8 +319,10 @@ def _apply_overrides(raw: dict, ov: Overrides, problems: Problems) -> None:
             opts[ds] = {**opts.get(ds, {}), "root": root}
         raw["data_options"] = opts
     for t, w in ov.teacher_weights.items():
-        if w != "random-init" and not Path(w).expanduser().is_file():
-            problems.add(f"--teacher-weights {t}={w}: no such file")
+        p = Path(w).expanduser()
+        if w != "random-init" and not (p.is_file() or p.is_dir()):
+            problems.add(f"--teacher-weights {t}={w}: no such file or folder; give a checkpoint file, a Hugging "
+                         "Face snapshot folder, or random-init")
 
 
 def _inline_domains(raw: dict, problems: Problems) -> None:
@@ -255,7 +365,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     problems = Problems(path)
     _apply_overrides(raw, ov, problems)
     _inline_domains(raw, problems)
-    _check_top(raw, problems)
+    _check_top(raw, problems, "--device" if ov.device is not None else "device =")
     name = raw.get("name", path.stem)
     targets = problems.check(_pairs, raw) or []
     backbones = [t for t in (problems.check(_as_table, b, "backbones") for b in raw.get("backbones") or []) if t]
@@ -263,7 +373,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     for t in teachers:
         if t["name"] in ov.teacher_weights:
             t["weights"] = ov.teacher_weights[t["name"]]
-    _check_configs(raw, backbones, problems)  # every parameter once, before any cell is built
+    _check_shared(raw, backbones, teachers, targets, problems)
+    _check_methods(raw, problems)  # every method parameter once, before any cell is built
     problems.raise_if_any()
     from bench.select import apply_selection, check_grid, grid_selection
 
@@ -340,21 +451,22 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     problems.check(check_only, cells, ov.only)
     selected = [c for c in cells if matches(c, ov.only)] if ov.only and not problems.items else cells
     if ov.only and not selected and not problems.items:
-        problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells")
+        problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells: "
+                     f"{why_no_match(cells, ov.only)}")
     problems.raise_if_any()
     return Grid(name, path, raw, text, selected, cells)
 
 
-def _check_configs(raw: dict, backbones: list[dict], problems: Problems) -> None:
-    """The method tables, the ``[train]`` table (against the recipe of every method) and the backbone
-    tables against their config dataclasses: names, types, ranges and choices, each value on its own
-    (a crossed list value by value), so that every bad value is one line however many cells use it."""
-    from backbones import BACKBONES, RECIPES
+def _check_methods(raw: dict, problems: Problems) -> None:
+    """The method tables against their config dataclasses: names, types, ranges and choices, each value on
+    its own (a crossed list value by value), so that every bad value is one line however many cells use
+    it; and each table's recipe name. What the tables share ([train], backbones, teachers, targets) is
+    checked once by ``_check_shared``."""
+    from backbones import RECIPES
     from bench.registry import config_fields, make_config
     from methods import METHODS
     from methods.base import Needs
 
-    recipes = {}
     for m in raw.get("methods") or []:
         m = problems.check(_as_table, m, "methods")
         entry = problems.check(METHODS.get, m["name"]) if m else None
@@ -370,30 +482,7 @@ def _check_configs(raw: dict, backbones: list[dict], problems: Problems) -> None
             if k in fields:
                 for x in v if isinstance(v, list) else [v]:
                     problems.check(make_config, entry, {k: x}, "method")
-        recipe = problems.check(RECIPES.get, m.get("recipe", getattr(entry.factory, "needs", Needs()).recipe))
-        if recipe is not None:
-            recipes[recipe.name] = recipe
-    train = raw.get("train", {})
-    train = train if isinstance(train, dict) else {}  # else _check_top says so
-    found: dict[str, list[str]] = {}  # a bad [train] value gives the same message for every recipe: say it once
-    for recipe in recipes.values():
-        for k, v in train.items():
-            try:
-                make_config(recipe, {k: v}, "recipe")
-            except BenchError as e:
-                msg, prefix = str(e), f"recipe '{recipe.name}': "
-                if msg.startswith(prefix):
-                    found.setdefault(msg[len(prefix):], []).append(recipe.name)
-                else:
-                    problems.add(f"[train]: {msg}")
-    for msg, names in found.items():
-        problems.add(f"[train]: recipe{'s' if len(names) > 1 else ''} {', '.join(repr(n) for n in names)}: {msg}")
-    for bb in backbones:
-        entry = problems.check(BACKBONES.get, bb["name"])
-        if entry is not None:
-            for k, v in bb.items():
-                if k != "name":
-                    problems.check(make_config, entry, {k: v}, "backbone")
+        problems.check(RECIPES.get, m.get("recipe", getattr(entry.factory, "needs", Needs()).recipe))
 
 
 def cell_id(cell: dict | Cell) -> str:
@@ -403,37 +492,97 @@ def cell_id(cell: dict | Cell) -> str:
     return cell.cell_id if isinstance(cell, Cell) else _cell_id(cell)
 
 
+def cell_values(cell: Cell) -> dict[str, Any]:
+    """What ``--only KEY=VALUE`` selects on: every setting a cell carries (its plain fields: method,
+    label, recipe, train_on, source, seed, device, scene counts, predict, cell_id ...; the target label,
+    backbone and teacher names, views, lift_tol, the stream protocol's order, order_seed, reset_every,
+    probe_every, probe_scenes) and its method's parameters (the config's values). A cell setting wins
+    over a method parameter of the same name."""
+    params = cell.method_cfg
+    if dataclasses.is_dataclass(params):
+        params = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    out = {**(params if isinstance(params, dict) else {}), **cell.params}
+    for f in dataclasses.fields(cell):
+        v = getattr(cell, f.name)
+        if f.name not in HIDDEN_CELL_FIELDS and isinstance(v, (str, int, float, bool)):
+            out[f.name] = v
+    out.update(target=cell.target, test_scenes=cell.test_scenes, views=cell.lift.views, lift_tol=cell.lift.tol,
+               backbone=cell.backbone.get("name"), teacher=(cell.teacher or {}).get("name"),
+               **dataclasses.asdict(cell.protocol))
+    return out
+
+
+def same_value(got: Any, want: str) -> bool:
+    """Does a cell's value equal the text of an ``--only`` filter? Numbers compare as numbers (1e-4 =
+    0.0001, 3 = 3.0), booleans as true/false (or 1/0), a missing value as none; the rest as text."""
+    if isinstance(got, bool):
+        return want.strip().lower() in (("true", "1") if got else ("false", "0"))
+    if isinstance(got, (int, float)):
+        try:
+            return math.isclose(float(got), float(want), rel_tol=1e-9)
+        except ValueError:
+            return False
+    if got is None:
+        return want.strip().lower() in ("none", "null", "")
+    if isinstance(got, (list, tuple)):
+        return want in (str(got), str(list(got)), ",".join(map(str, got)))
+    return str(got) == want
+
+
+def _split_filter(f: str) -> tuple[str, str]:
+    if "=" not in f:
+        raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
+    k, v = f.split("=", 1)
+    return k.strip(), v.strip()
+
+
 def matches(cell: Cell, only: list[str]) -> bool:
-    """``--only key=value``: every filter must match (value compared as text; method, label, source,
-    target, backbone, teacher, seed, recipe, views, predict, or a method parameter)."""
+    """``--only key=value``: every filter must match (see ``same_value``); a key that the cell does not
+    have (a parameter of other methods) does not match."""
+    values = cell_values(cell) if only else {}
     for f in only:
-        if "=" not in f:
-            raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
-        k, v = f.split("=", 1)
-        if k in ("backbone", "teacher"):
-            got = (getattr(cell, k) or {}).get("name")
-        elif k == "views":
-            got = cell.lift.views
-        elif k in ONLY_KEYS:
-            got = getattr(cell, k)
-        elif k in cell.params:
-            got = cell.params[k]
-        elif hasattr(cell.method_cfg, k):
-            got = getattr(cell.method_cfg, k)
-        else:
-            return False  # a parameter of other methods (check_only says whether any cell has it)
-        if str(got) != v:
+        k, v = _split_filter(f)
+        if k not in values or not same_value(values[k], v):
             return False
     return True
 
 
+def _shown(values: set) -> str:
+    nums = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    rest = sorted(str(v) for v in values if not (isinstance(v, (int, float)) and not isinstance(v, bool)))
+    items = [str(v) for v in nums] + rest
+    return ", ".join(items[:30]) + (f", ... ({len(items)} values)" if len(items) > 30 else "")
+
+
+def why_no_match(cells: list[Cell], only: list[str]) -> str:
+    """Which filter of ``only`` leaves no cell, and the values its key takes in the cells before it."""
+    left = cells
+    for i, f in enumerate(only):
+        k, v = _split_filter(f)
+        after = f" among the cells that match {' '.join(only[:i])}" if i else ""
+        values = [cell_values(c) for c in left]
+        kept = [c for c, vals in zip(left, values) if k in vals and same_value(vals[k], v)]
+        if not kept:
+            present = {vals[k] if not isinstance(vals[k], list) else tuple(vals[k]) for vals in values if k in vals}
+            if not present:
+                return f"no cell has '{k}'{after}"
+            return f"{k} is one of {_shown(present)}{after}"
+        left = kept
+    return "no cell matches every filter"
+
+
 def check_only(cells: list[Cell], only: list[str]) -> None:
-    """Every ``--only`` filter is KEY=VALUE with a key that some cell knows."""
+    """Every ``--only`` filter is KEY=VALUE with a key that some cell has (see ``cell_values``)."""
+    if not only:
+        return
+    keys: set[str] = set().union(*(cell_values(c) for c in cells))
+    settings = {f.name for f in dataclasses.fields(Cell)} | {f.name for f in dataclasses.fields(StreamProtocol)} | {
+        "target", "test_scenes", "views", "lift_tol"}
     for f in only:
-        if "=" not in f:
-            raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
-        k = f.split("=", 1)[0]
-        if k not in ONLY_KEYS and k not in ("backbone", "teacher") and not any(
-                k in c.params or hasattr(c.method_cfg, k) for c in cells):
-            raise BenchError(f"--only: unknown key '{k}'; use {', '.join(ONLY_KEYS)}, or a parameter of one of "
-                             "the grid's methods")
+        k, _ = _split_filter(f)
+        if k not in keys:
+            near = difflib.get_close_matches(k, sorted(keys), n=1)
+            params = sorted(keys - settings)
+            raise BenchError(f"--only: unknown key '{k}'{f' (did you mean {near[0]!r}?)' if near else ''}; the "
+                             f"grid's cells have: {', '.join(sorted(keys & settings))}; and the method "
+                             f"parameters {', '.join(params) or '(none)'}")

@@ -423,6 +423,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     """The ``profile`` sub-command."""
+    from bench.spec import check_device
+
+    check_device(args.device, "--device")
     profile(args.device, args.repeats, console or Console(), getattr(args, "threads", None),
             breakdown=getattr(args, "breakdown", True))
     return 0

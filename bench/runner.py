@@ -17,7 +17,7 @@ from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
 from bench.executors import cpu_cores, make_executor
-from bench.grid import Grid, check_only, matches
+from bench.grid import Grid, check_only, matches, why_no_match
 from bench.progress import progress
 from bench.resources import data_key
 from bench.spec import Cell, describe
@@ -32,7 +32,8 @@ def select(grid: Grid, only: list[str] | None) -> list[Cell]:
     cells = [c for c in grid.cells if matches(c, only or [])]
     if only and not cells:
         raise BenchError(f"--only {' '.join(only)} matches none of the {len(grid.cells)} cells of grid "
-                         f"'{grid.name}'; `python -m bench run --grid {grid.name} --dry-run` lists them")
+                         f"'{grid.name}' ({why_no_match(grid.cells, only)}); `python -m bench run --grid {grid.name} "
+                         "--dry-run` lists them")
     return cells
 
 
@@ -62,7 +63,7 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     store.check_writable()
     done = fresh(store, cells, console)
     todo = [c for c in cells if c.cell_id not in done]
-    preflight(todo)
+    preflight(todo, devices=not (executor == "ray" and address))  # a Ray cluster's nodes have their own devices
     with store.lock():
         device = cells[0].device if cells else "cpu"
         header = f"# written by ttt-bench on {datetime.now(UTC).isoformat(timespec='seconds')}\n"
@@ -123,11 +124,13 @@ def fresh(store: ResultsStore, cells: list[Cell], console: Console) -> set[str]:
     return done
 
 
-def preflight(cells: list[Cell]) -> None:
-    """Check before any work that every dataset the cells read opens and has the scenes asked for
-    (data roots, splits, scene counts), and that every teacher they use builds (weights files found
+def preflight(cells: list[Cell], devices: bool = True) -> None:
+    """Check before any work that the cells' device exists on this machine (unless ``devices`` is
+    False: cells that run elsewhere), that every dataset the cells read opens and has the scenes asked
+    for (data roots, splits, scene counts), and that every teacher they use builds (weights files found
     and fitting). All problems are raised at once in one BenchError, one line each."""
     from bench.resources import scenes_needed
+    from bench.spec import check_device
 
     problems: list[str] = []
 
@@ -135,6 +138,11 @@ def preflight(cells: list[Cell]) -> None:
         if msg not in problems:
             problems.append(msg)
 
+    for device in sorted({c.device for c in cells}) if devices else []:
+        try:
+            check_device(device)
+        except BenchError as e:
+            add(str(e))
     for c in cells:
         try:
             for ds, names in scenes_needed(c):

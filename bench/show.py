@@ -47,15 +47,17 @@ def check_scene_name(ds, name: str) -> None:
                 return
         except BenchError:
             pass
+    names = list(dict.fromkeys(names))  # splits of some layouts list the same scenes
     near = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     hint = f"nearest: {', '.join(near)}" if near else f"e.g. {', '.join(names[:5])}"
     raise BenchError(f"dataset '{ds.name}' has no scene '{name}' ({hint}); scenes are named as its splits list them")
 
 
-def show_scene(dataset: str, name: str, out: Path, max_views: int = 4) -> Path:
+def show_scene(dataset: str, name: str, out: Path, max_views: int = 4, options: dict | None = None) -> Path:
+    """Draw scene ``name`` of ``dataset`` into the PNG ``out``; ``options`` are the dataset's (e.g. root)."""
     from bench.data import get_dataset
 
-    ds = get_dataset(dataset)
+    ds = get_dataset(dataset, **(options or {}))
     check_scene_name(ds, name)
     scene = ds.load(name)
     views = scene.views[:max_views]

@@ -332,6 +332,29 @@ def check_tol(v: Any, where: str) -> float:
     raise BenchError(f"{where}: lift_tol = {v!r} must be a positive number (metres)")
 
 
+def check_device(device: Any, what: str = "device") -> str:
+    """``device`` if it is 'cpu', 'cuda' or 'cuda:N' and this machine has it; else a BenchError that
+    names the device and the fix (``what`` names where it was given, e.g. ``--device``)."""
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise BenchError(f"{what} {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    if device == "cpu":
+        return device
+    import torch
+
+    cpu_hint = "" if what.startswith("--") else ' (or device = "cpu" in the grid)'
+    if not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) is built without CUDA" if torch.version.cuda is None else
+               "torch finds no CUDA GPU: none here, no driver, or CUDA_VISIBLE_DEVICES hides them")
+        raise BenchError(f"{what} {device!r} is not available on this machine ({why}); run on the CPU with "
+                         f"--device cpu{cpu_hint}")
+    n = torch.cuda.device_count()
+    if ":" in device and int(device.split(":")[1]) >= n:
+        have = ", ".join(f"cuda:{i}" for i in range(n))
+        raise BenchError(f"{what} {device!r}: this machine has {n} CUDA device(s) ({have}); pick one of them, "
+                         f"or run on the CPU with --device cpu{cpu_hint}")
+    return device
+
+
 def check_predict(v: Any, where: str) -> str:
     if v in PREDICT:
         return v

@@ -37,7 +37,14 @@ class ResultsStore:
         return (self.out / MARKER).is_file()
 
     def check_writable(self) -> None:
-        """A plain run never writes into a reference folder."""
+        """The folder is (or can become) a folder, and a plain run never writes into a reference folder."""
+        for p in (self.out, *self.out.parents):
+            if p.exists() or p.is_symlink():
+                if not p.is_dir():
+                    raise BenchError(f"results folder {self.out}: {p} is a file, not a folder; give a folder (--out of "
+                                     "bench run, --runs of bench select): a new one, e.g. runs/NAME, or an earlier "
+                                     "run's folder to resume it")
+                break
         if self.is_reference() and not self.reference:
             raise BenchError(f"{self.out} holds reference results (it has a {MARKER} file), which a run never "
                              "resumes or appends to; run into a runs folder instead (the default, runs/GRID, or "

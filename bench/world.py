@@ -118,14 +118,36 @@ def measure_domain(domain: str, scenes: int = 12, split: str = "test", seed: int
                        {k: dict(v) for k, v in styles.items()})
 
 
-def bn_share(results: Path) -> list[dict]:
-    """Per cross-domain source->target pair: Source-Only, BN-Adapt and Oracle mIoU in % (mean over seeds)
-    and the BN share of the gap."""
+def results_csv(results: Path) -> Path:
+    """The cells.csv of a run or reference folder (or the file itself); a BenchError if there is none."""
     path = Path(results)
     csv_path = path / "cells.csv" if path.is_dir() else path
     if not csv_path.is_file():
         raise BenchError(f"bench world --results {results}: no cells.csv there; give a run or reference folder "
                          "(e.g. results/reference/id_ood)")
+    return csv_path
+
+
+def check_domains(domains: list[str]) -> None:
+    """Every domain is a registered synthetic dataset (the world measures generated scenes only)."""
+    from bench.data import DATASETS
+    from bench.data.synth import DOMAINS, SynthDatasetConfig
+
+    for d in domains:
+        try:
+            entry = DATASETS.get(d)
+        except BenchError as e:
+            raise BenchError(f"bench world --domains {d}: {e}") from None
+        if entry.config is not SynthDatasetConfig:
+            raise BenchError(f"bench world --domains {d}: '{d}' is not a synthetic domain; the world measures "
+                             "generated scenes (each shown beside its real dataset's published statistics): use "
+                             f"{', '.join(DOMAINS)}")
+
+
+def bn_share(results: Path) -> list[dict]:
+    """Per cross-domain source->target pair: Source-Only, BN-Adapt and Oracle mIoU in % (mean over seeds)
+    and the BN share of the gap."""
+    csv_path = results_csv(results)
     rows = list(csv.DictReader(csv_path.open()))
     need = {"label", "source", "target", "miou"}
     if rows and not need <= set(rows[0]):
@@ -234,6 +256,14 @@ def run_world(domains: list[str], scenes: int, out: Path, results: Path | None =
     """Measure every domain, write world.md, world.json and the figure into ``out``; returns the Markdown."""
     if scenes < 2:
         raise BenchError(f"bench world --scenes {scenes}: need at least 2 scenes per domain for a spread")
+    check_domains(domains)  # every input first: measuring takes about a minute
+    if results is not None:
+        results_csv(results)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise BenchError(f"bench world --out {out}: {p} is a file, not a folder; give a folder")
+            break
     stats = []
     for d in domains:
         log.info("world: measuring %s on %d scenes", d, scenes)

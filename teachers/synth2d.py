@@ -94,6 +94,11 @@ class Synth2DConfig:
         if self.weights == RANDOM_INIT:
             return RANDOM_INIT
         path = Path(self.weights).expanduser() if self.weights else v.weights
+        if path.is_dir():  # a folder (as for the foundation teachers): the checkpoint inside it
+            if not (path / v.weights.name).is_file():
+                raise BenchError(f"teacher '{v.name}': folder {path} holds no {v.weights.name}; point weights at the "
+                                 "checkpoint file itself")
+            path = path / v.weights.name
         if not path.is_file():
             how = f"python -m teachers.train_synth2d --variant {v.key}"
             raise BenchError(f"teacher '{v.name}': weights {path} not found; "

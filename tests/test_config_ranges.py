@@ -42,7 +42,7 @@ CASES = {
            "method 'entropy': parameter 'bn' = 'foo' must be one of 'test', 'source'"),
     "lr": ('[[methods]]\nname = "tent"\nlr = -0.1', "method 'tent': parameter 'lr' = -0.1 must be > 0"),
     "epochs": ('[train]\nepochs = -1\n[[methods]]\nname = "source"',
-               "[train]: recipe 'source': parameter 'epochs' = -1 must be >= 1"),
+               "[train]: parameter 'epochs' = -1 must be >= 1 (the [train] table of recipe(s) source)"),
 }
 
 
@@ -72,7 +72,7 @@ def test_cli_reports_every_problem_at_once(tmp_path):
     text = " ".join(r.stderr.split())
     assert f"{len(CASES)} problems" in text, r.stderr
     for _, message in CASES.values():  # ttt_kd trains with joint-kd: [train] is checked for both recipes
-        message = message.replace("recipe 'source'", "recipes 'source', 'joint-kd'")
+        message = message.replace("recipe(s) source)", "recipe(s) source, joint-kd)")
         assert text.count(message) == 1, (message, r.stderr)
 
 
@@ -84,13 +84,13 @@ def test_a_bad_value_is_one_line_however_many_cells_use_it(tmp_path):
     with pytest.raises(BenchError) as e:
         load_grid(str(p))
     lines = str(e.value).splitlines()[1:]
-    assert lines == [
+    assert lines == [  # what the method tables share first, each once; then the method tables
+        "  - backbone 'spunet': parameter 'voxel_size' = 0.0 must be > 0",
+        "  - backbone 'spunet': parameter 'channels' = (16, 0) must be a non-empty list, each value >= 1",
+        "  - [train]: parameter 'epochs' = 0 must be >= 1 (the [train] table of recipe(s) source, joint-kd)",
         "  - method 'ttt_kd': parameter 'steps' = -3 must be >= 0",
         "  - method 'ttt_kd': parameter 'lr' = 0.0 must be > 0",
         "  - method 'tent': parameter 'steps' = -3 must be >= 0",
-        "  - [train]: recipes 'source', 'joint-kd': parameter 'epochs' = 0 must be >= 1",
-        "  - backbone 'spunet': parameter 'voxel_size' = 0.0 must be > 0",
-        "  - backbone 'spunet': parameter 'channels' = (16, 0) must be a non-empty list, each value >= 1",
     ]
 
 
