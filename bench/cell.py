@@ -104,10 +104,19 @@ def base_row(cell: Cell) -> dict:
 
 
 def row_params(cell: Cell) -> dict:
-    """The row's ``params``: the method's parameters, plus ``reset_every`` where set (a protocol
-    setting that the report must tell apart, as it tells parameters apart)."""
-    p = cell.protocol.reset_every
-    return {**cell.params, "reset_every": p} if p else dict(cell.params)
+    """The row's ``params``: the method's parameters, plus every cell setting that differs from its
+    default (``views`` and ``lift_tol`` of a teacher-using cell, ``reset_every``): settings that the report
+    must tell apart, as it tells parameters apart (rows that differ only in them were merged into one)."""
+    from bench.spec import DEFAULTS
+
+    extra: dict = {}
+    if cell.teacher and str(cell.lift.views) != str(DEFAULTS["views"]):
+        extra["views"] = cell.lift.views
+    if cell.teacher and cell.lift.tol != DEFAULTS["lift_tol"]:
+        extra["lift_tol"] = cell.lift.tol
+    if cell.protocol.reset_every:
+        extra["reset_every"] = cell.protocol.reset_every
+    return {**cell.params, **extra}
 
 
 def protocol_columns(cell: Cell) -> dict:

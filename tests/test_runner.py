@@ -505,3 +505,14 @@ def test_resume_reruns_cells_whose_data_changed(tmp_path, grid_file, monkeypatch
 
 def select_cells(cells):
     return [c for c in cells if c.method == "source"]
+
+
+def test_rows_that_differ_only_in_a_cell_setting_stay_apart():
+    """The views grid crosses TTT-KD with the number of lifted views, a cell setting rather than a method
+    parameter: each setting gets its own row params, so the report keeps the rows apart (it merged them)."""
+    from bench.cell import row_params
+
+    cells = [c for c in load_grid("views").cells if c.method == "ttt_kd"]
+    pair = (cells[0].source, cells[0].target)
+    rows = {json.dumps(row_params(c), sort_keys=True) for c in cells if (c.source, c.target) == pair}
+    assert len(rows) == 7 and '{"views": 1}' in rows and "{}" in rows  # views = "all" is the default
