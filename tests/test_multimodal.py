@@ -80,7 +80,8 @@ def scene_input(i: int) -> SceneInput:
     color = rng.uniform(-1, 1, (N_POINTS, 3)).astype(np.float32) + 0.3 * i
     normal = rng.normal(size=(N_POINTS, 3)).astype(np.float32)
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-    b = PointBatch(torch.from_numpy(coord), torch.from_numpy(np.c_[color, normal]), torch.zeros(N_POINTS, dtype=torch.long), 1)
+    b = PointBatch(torch.from_numpy(coord), torch.from_numpy(np.c_[color, normal]),
+                   torch.zeros(N_POINTS, dtype=torch.long), 1)
     inp = SceneInput(b, i, torch.Generator().manual_seed(1000 + i))
     inp.teacher_feat = torch.from_numpy(rng.normal(size=(N_POINTS, D2)).astype(np.float32))
     inp.teacher_mask = torch.from_numpy(rng.uniform(size=N_POINTS) < 0.7)

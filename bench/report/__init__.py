@@ -19,7 +19,15 @@ from pathlib import Path
 
 from bench.report.figures import figures
 from bench.report.frame import Results, load
-from bench.report.tables import Table, column_stats, cost_matched_table, cost_table, main_table, modal_table, stats_table
+from bench.report.tables import (
+    Table,
+    column_stats,
+    cost_matched_table,
+    cost_table,
+    main_table,
+    modal_table,
+    stats_table,
+)
 
 log = logging.getLogger(__name__)
 
