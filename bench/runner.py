@@ -66,11 +66,11 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
     preflight(todo, devices=not (executor == "ray" and address))  # a Ray cluster's nodes have their own devices
     with store.lock():
         device = cells[0].device if cells else "cpu"
+        ex = make_executor(executor, workers, address, device, n_cells=len(todo))  # first: it may refuse (Ray)
         header = f"# written by ttt-bench on {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
         atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
         env = environment(device)
-        ex = make_executor(executor, workers, address, device, n_cells=len(todo))
         env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.all_cells or grid.cells),
                     "cells_selected": len(cells), "executor": ex.describe(), "resolved_grid": grid.raw})
         atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))

@@ -292,6 +292,7 @@ def test_cli_ray_auto_without_cluster_is_one_message(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert "no running Ray cluster found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "config.toml").exists()  # nothing of the run is written
 
 
 @pytest.mark.slow
