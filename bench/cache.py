@@ -33,13 +33,19 @@ def _source() -> str:
     return "--cache-dir" if _override else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "the default cache folder"
 
 
+def not_a_folder(folder: Path) -> Path | None:
+    """What stands in the way of ``folder`` being (or becoming) a folder: the nearest existing path of it
+    and its parents if that is not a folder (a file, or a link to nothing), else None."""
+    for q in (folder, *folder.parents):
+        if q.exists() or q.is_symlink():
+            return None if q.is_dir() else q
+    return None
+
+
 def _check(p: Path) -> None:
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise BenchError(f"cache folder {p} ({_source()}): {q} is a file, not a folder; pass --cache-dir "
-                                 f"FOLDER or set ${ENV_VAR} to a folder")
-            return
+    if (q := not_a_folder(p)) is not None:
+        raise BenchError(f"cache folder {p} ({_source()}): {q} is a file, not a folder; pass --cache-dir "
+                         f"FOLDER or set ${ENV_VAR} to a folder")
 
 
 def cache_dir() -> Path:

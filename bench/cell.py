@@ -36,7 +36,7 @@ from bench.env import versions
 from bench.errors import BenchError
 from bench.memory import PeakMemory
 from bench.metrics import accuracy, confusion, iou_per_class, miou
-from bench.spec import Cell, order_stream, scene_order_key
+from bench.spec import DEFAULTS, Cell, order_stream, scene_order_key
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,8 @@ def row_params(cell: Cell) -> dict:
     """The row's ``params``: the method's parameters, plus every cell setting that differs from its
     default (``views`` and ``lift_tol`` of a teacher-using cell, ``reset_every``): settings that the report
     must tell apart, as it tells parameters apart (rows that differ only in them were merged into one)."""
-    from bench.spec import DEFAULTS
-
     extra: dict = {}
-    if cell.teacher and str(cell.lift.views) != str(DEFAULTS["views"]):
+    if cell.teacher and cell.lift.views != DEFAULTS["views"]:
         extra["views"] = cell.lift.views
     if cell.teacher and cell.lift.tol != DEFAULTS["lift_tol"]:
         extra["lift_tol"] = cell.lift.tol

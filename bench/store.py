@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.cache import atomic_write
+from bench.cache import atomic_write, not_a_folder
 from bench.errors import BenchError
 
 MARKER = "REFERENCE"
@@ -38,13 +38,10 @@ class ResultsStore:
 
     def check_writable(self) -> None:
         """The folder is (or can become) a folder, and a plain run never writes into a reference folder."""
-        for p in (self.out, *self.out.parents):
-            if p.exists() or p.is_symlink():
-                if not p.is_dir():
-                    raise BenchError(f"results folder {self.out}: {p} is a file, not a folder; give a folder (--out of "
-                                     "bench run, --runs of bench select): a new one, e.g. runs/NAME, or an earlier "
-                                     "run's folder to resume it")
-                break
+        if (p := not_a_folder(self.out)) is not None:
+            raise BenchError(f"results folder {self.out}: {p} is a file, not a folder; give a folder (--out of "
+                             "bench run, --runs of bench select): a new one, e.g. runs/NAME, or an earlier "
+                             "run's folder to resume it")
         if self.is_reference() and not self.reference:
             raise BenchError(f"{self.out} holds reference results (it has a {MARKER} file), which a run never "
                              "resumes or appends to; run into a runs folder instead (the default, runs/GRID, or "
@@ -95,11 +92,6 @@ class ResultsStore:
         if cells.empty:
             return df.iloc[0:0]
         return df[df["cell_id"].isin(set(cells["cell_id"]))]
-
-    def finished(self) -> set[str]:
-        """Ids of the cells that finished without error (errored cells run again)."""
-        df = self.cells()
-        return set(df.loc[df["status"] == "ok", "cell_id"]) if not df.empty else set()
 
     def data_keys(self) -> dict[str, str]:
         """Cell id -> the data key its finished row recorded ("" for rows written before rows had one)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cache import not_a_folder
 from bench.data.classes import CLASSES, NUM_CLASSES
 from bench.data.real_stats import room_type_shares, shared_class_shares, tv_to_real
 from bench.errors import BenchError
@@ -259,11 +260,8 @@ def run_world(domains: list[str], scenes: int, out: Path, results: Path | None =
     check_domains(domains)  # every input first: measuring takes about a minute
     if results is not None:
         results_csv(results)
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise BenchError(f"bench world --out {out}: {p} is a file, not a folder; give a folder")
-            break
+    if (p := not_a_folder(out)) is not None:
+        raise BenchError(f"bench world --out {out}: {p} is a file, not a folder; give a folder")
     stats = []
     for d in domains:
         log.info("world: measuring %s on %d scenes", d, scenes)
