@@ -105,8 +105,8 @@ def parse_protocol(d: dict, settings: dict, where: str) -> StreamProtocol:
         raise BenchError(f"{where}: order_seed = {seed!r} must be a whole number")
     if "order_seed" in d and order != "shuffled":
         raise BenchError(f"{where}: order_seed only applies to order = 'shuffled' (order is {order!r}); remove it")
-    reset = _count(settings.get("reset_every", d.get("reset_every", 0)), f"{where}: reset_every")
-    every = _count(d.get("probe_every", 0), f"{where}: probe_every")
+    reset = _count(settings.get("reset_every", d.get("reset_every", 0)), f"{where}: reset_every", zero="never")
+    every = _count(d.get("probe_every", 0), f"{where}: probe_every", zero="none")
     n = _count(d.get("probe_scenes", PROTOCOL_DEFAULTS["probe_scenes"]), f"{where}: probe_scenes", 1)
     if "probe_scenes" in d and not every:
         raise BenchError(f"{where}: probe_scenes = {n} without probe_every; set probe_every = N (probe every N "
@@ -274,7 +274,7 @@ def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segm
     a list of tables {dataset, split = "test", scenes = test_scenes}."""
     default_n = DEFAULTS["test_scenes"] if test_scenes is None else test_scenes
     if isinstance(target, str):
-        return (Segment(target, "test", _count(default_n, f"{where}: test_scenes")),)
+        return (Segment(target, "test", _count(default_n, f"{where}: test_scenes", zero="all")),)
     if isinstance(target, list) and target:
         out = []
         for i, seg in enumerate(target):
@@ -294,7 +294,7 @@ def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segm
             if not isinstance(seg["dataset"], str):
                 raise BenchError(f"{where}: stream segment {i + 1}: dataset must be a dataset spec string")
             out.append(Segment(seg["dataset"], split, _count(seg.get("scenes", default_n),
-                                                              f"{where}: stream segment {i + 1} scenes"),
+                                                              f"{where}: stream segment {i + 1} scenes", zero="all"),
                                _count(seg.get("start", 0), f"{where}: stream segment {i + 1} start")))
             for j, prev in enumerate(out[:-1]):
                 if prev.overlaps(out[-1]):
@@ -312,11 +312,12 @@ def stream_plain(stream: tuple[Segment, ...]) -> tuple[Any, int | None]:
     return [s.to_dict() for s in stream], None
 
 
-def _count(v: Any, what: str, minimum: int = 0) -> int:
+def _count(v: Any, what: str, minimum: int = 0, zero: str | None = None) -> int:
+    """``v`` if it is a whole number >= ``minimum``; ``zero`` says what 0 means in the message."""
     if not isinstance(v, int) or isinstance(v, bool):
         raise BenchError(f"{what} = {v!r} must be a whole number")
     if v < minimum:
-        raise BenchError(f"{what} = {v} must be >= {minimum}" + (" (0 = all)" if minimum == 0 else ""))
+        raise BenchError(f"{what} = {v} must be >= {minimum}" + (f" (0 = {zero})" if zero else ""))
     return v
 
 
@@ -451,7 +452,7 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         teacher_cfg=teacher_cfg,
         source=source, stream=stream, seed=seed, device=device, features=tuple(features),
         train_scenes=_count(d.get("train_scenes", DEFAULTS["train_scenes"]), f"{where}: train_scenes"),
-        val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes"),
+        val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes", zero="none"),
         lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()},
         identity=identity, cell_id=cell_id(identity), protocol=protocol)
 
