@@ -399,14 +399,10 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             common[key] = raw[key]
     test_scenes = raw.get("test_scenes", DEFAULTS["test_scenes"])
     cells: list[Cell] = []
-    for mi, m in enumerate(raw.get("methods") or []):
-        m = problems.check(_as_table, m, "methods")
-        if m is None:
-            continue
+    for mi, m in enumerate(raw.get("methods") or []):  # tables and names already checked by _check_methods
+        m = _as_table(m, "methods")
         where = f"method '{m['name']}' (methods[{mi}])"
-        entry = problems.check(METHODS.get, m["name"])
-        if entry is None:
-            continue
+        entry = METHODS.get(m["name"])
         table = {k: v for k, v in m.items() if k not in METHOD_KEYS}
         table, hp = apply_selection(selection, m["name"], table)
         needs = getattr(entry.factory, "needs", Needs())
