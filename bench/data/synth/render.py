@@ -12,32 +12,55 @@ from bench.data.classes import IGNORE
 
 
 def raycast(origins: torch.Tensor, dirs: torch.Tensor, boxes, chunk: int = 8192):
-    """Nearest hit of each ray with the oriented boxes: (t, box index, world normal); t=inf for a miss."""
+    """Nearest hit of each ray with the oriented boxes (slab test): (t, box index, world normal); t=inf
+    for a miss.
+
+    ``origins`` is (R,3), or (3,) when every ray starts at one point (a camera): the slab bounds are
+    then computed once per box instead of once per ray and box. The three axes are kept as separate
+    (rays, boxes) tensors and reduced elementwise (no stacking, no reductions over a size-3 axis);
+    every element goes through the same arithmetic as the stacked form, so results are bit-identical
+    (ties between axes go to the first, as ``max(-1)`` does)."""
     center, half, yaw = boxes[0], boxes[1], boxes[2]
     cy, sy = torch.cos(yaw), torch.sin(yaw)
+    if origins.dim() == 1:  # one origin: its slab bounds in each box's frame, three (B,) pairs
+        bounds = _slab_bounds(origins[None] - center, cy, sy, half)
     ts, idxs, normals = [], [], []
-    for i in range(0, origins.shape[0], chunk):
-        o = origins[i:i + chunk, None, :] - center[None]  # (R,B,3)
-        d = dirs[i:i + chunk, None, :].expand_as(o)
-        # into each box's frame: rotate by -yaw about z
-        ol = torch.stack([cy * o[..., 0] + sy * o[..., 1], -sy * o[..., 0] + cy * o[..., 1], o[..., 2]], -1)
-        dl = torch.stack([cy * d[..., 0] + sy * d[..., 1], -sy * d[..., 0] + cy * d[..., 1], d[..., 2]], -1)
-        inv = 1.0 / torch.where(dl.abs() < 1e-9, torch.full_like(dl, 1e-9), dl)
-        t1, t2 = (-half[None] - ol) * inv, (half[None] - ol) * inv
-        tlo, thi = torch.minimum(t1, t2), torch.maximum(t1, t2)
-        tnear, axis = tlo.max(-1)
-        tfar = thi.min(-1).values
+    for i in range(0, dirs.shape[0], chunk):
+        if origins.dim() != 1:
+            bounds = _slab_bounds(origins[i:i + chunk, None, :] - center[None], cy, sy, half[None])  # (R,B) each
+        dx, dy, dz = (dirs[i:i + chunk, j, None] for j in range(3))  # (R,1)
+        # the direction in each box's frame (rotated by -yaw about z); z is the same for every box
+        dl = (cy * dx + sy * dy, -sy * dx + cy * dy, dz)
+        tnear = tfar = axis = None
+        for j, (d, (lo, hi)) in enumerate(zip(dl, bounds)):
+            inv = 1.0 / torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+            t1, t2 = lo * inv, hi * inv
+            tlo, thi = torch.minimum(t1, t2), torch.maximum(t1, t2)
+            if j == 0:
+                tnear, tfar, axis = tlo, thi, torch.zeros(tlo.shape, dtype=torch.long)
+            else:
+                axis = torch.where(tlo > tnear, j, axis)
+                tnear, tfar = torch.maximum(tnear, tlo), torch.minimum(tfar, thi)
         hit = (tfar >= tnear) & (tnear > 1e-4)
         tnear = torch.where(hit, tnear, torch.full_like(tnear, float("inf")))
         t, b = tnear.min(-1)
-        ax = axis.gather(1, b[:, None])[:, 0]
-        sgn = -torch.sign(dl[torch.arange(len(b)), b, ax])
+        rows = torch.arange(len(b))
+        ax = axis[rows, b]
+        dhit = torch.stack([x.expand(-1, len(cy))[rows, b] for x in dl], -1)  # (R,3): the hit box's frame
+        sgn = -torch.sign(dhit[rows, ax])
         nl = torch.zeros(len(b), 3)
-        nl[torch.arange(len(b)), ax] = sgn
+        nl[rows, ax] = sgn
         c, s = cy[b], sy[b]
         n = torch.stack([c * nl[:, 0] - s * nl[:, 1], s * nl[:, 0] + c * nl[:, 1], nl[:, 2]], -1)
         ts.append(t), idxs.append(b), normals.append(n)
     return torch.cat(ts), torch.cat(idxs), torch.cat(normals)
+
+
+def _slab_bounds(o: torch.Tensor, cy: torch.Tensor, sy: torch.Tensor, half: torch.Tensor):
+    """Per axis of the box frame, the slab bounds ``(-half - o_local, half - o_local)`` of ray origins
+    ``o`` (relative to the box centres) rotated into each box's frame (by -yaw about z)."""
+    ol = (cy * o[..., 0] + sy * o[..., 1], -sy * o[..., 0] + cy * o[..., 1], o[..., 2])
+    return [(-half[..., j] - ol[j], half[..., j] - ol[j]) for j in range(3)]
 
 
 def kelvin_rgb(k: float) -> np.ndarray:
@@ -120,7 +143,7 @@ def render(boxes, light: Lighting, k, pose, hw):
     """Render one pinhole view: (rgb float (H,W,3), depth (H,W), label (H,W), hit points, normals, box idx)."""
     o, d, zpt = camera_rays(k, pose, hw)
     keep = visible_boxes(boxes, k, pose, hw)
-    t, b, n = raycast(o, d, [x[keep] for x in boxes[:3]])
+    t, b, n = raycast(o[0], d, [x[keep] for x in boxes[:3]])
     b = keep[b]
     hit = torch.isfinite(t)
     tt = torch.where(hit, t, torch.zeros_like(t))
