@@ -38,11 +38,12 @@ from bench.errors import BenchError
 from bench.spec import (
     CELL_SETTINGS,
     DEFAULTS,
-    DEVICE_RE,
     PROTOCOL_DEFAULTS,
     STREAM_KEYS,
     Cell,
     StreamProtocol,
+    check_device_name,
+    check_features,
     check_predict,
     check_tol,
     check_views,
@@ -60,7 +61,7 @@ TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
 HIDDEN_CELL_FIELDS = ("grid", "recipe_teacher", "recipe_mae")  # derived flags, not settings to filter on
 
-__all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "cell_id"]
+__all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "filter_cells", "cell_id"]
 
 
 @dataclass
@@ -111,6 +112,47 @@ class Problems:
                 raise BenchError(f"{self.path}: {self.items[0]}")
             lines = "\n".join(f"  - {m}" for m in self.items)
             raise BenchError(f"{self.path}: {len(self.items)} problems:\n{lines}")
+
+
+@dataclass(frozen=True)
+class MethodTable:
+    """One ``[[methods]]`` entry, parsed once: its position, the table, the registry entry, the recipe
+    (the table's or the method's default) and the method parameters (keys other than ``METHOD_KEYS``)."""
+
+    index: int
+    table: dict
+    entry: Any
+    recipe: Any
+    params: dict
+
+    @property
+    def name(self) -> str:
+        return self.table["name"]
+
+    @property
+    def needs(self):
+        from methods.base import Needs
+
+        return getattr(self.entry.factory, "needs", Needs())
+
+    @property
+    def where(self) -> str:
+        return f"method '{self.name}' (methods[{self.index}])"
+
+
+def _method_tables(raw: dict, problems: Problems) -> list[MethodTable]:
+    """The grid's method tables whose method exists (the others are reported)."""
+    from methods import METHODS
+
+    out = []
+    methods = raw.get("methods")
+    for i, m in enumerate(methods if isinstance(methods, list) else []):  # not a list: _check_top says so
+        m = problems.check(_as_table, m, "methods")
+        entry = problems.check(METHODS.get, m["name"]) if m else None
+        if entry is not None:
+            mt = MethodTable(i, m, entry, None, {k: v for k, v in m.items() if k not in METHOD_KEYS})
+            out.append(dataclasses.replace(mt, recipe=m.get("recipe", mt.needs.recipe)))
+    return out
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -204,14 +246,10 @@ def _check_top(raw: dict, problems: Problems, device_from: str = "device =") -> 
     for key, kind in (("train", dict), ("data_options", dict), ("features", list)):
         if key in raw and not isinstance(raw[key], kind):
             problems.add(f"'{key}' must be a {'table' if kind is dict else 'list'}, got {raw[key]!r}")
-    if "device" in raw and (not isinstance(raw["device"], str) or not DEVICE_RE.match(raw["device"])):
-        problems.add(f"{device_from} {raw['device']!r} must be 'cpu', 'cuda' or 'cuda:N'")
-    features = raw.get("features")
-    if isinstance(features, list):
-        from backbones.batch import FEATURES
-
-        if not features or any(f not in FEATURES for f in features):
-            problems.add(f"features = {features!r} must be a non-empty list of {', '.join(FEATURES)}")
+    if "device" in raw:
+        problems.check(check_device_name, raw["device"], device_from)
+    if isinstance(raw.get("features"), list):
+        problems.check(check_features, raw["features"])
     reset = raw.get("reset_every", 0)
     if not isinstance(reset, int) or isinstance(reset, bool) or reset < 0:
         problems.add(f"reset_every = {reset!r} must be a whole number >= 0 (0 = never)")
@@ -226,7 +264,8 @@ def _is_synthetic(base: str) -> bool:
     return DATASETS.get(base).config is SynthDatasetConfig
 
 
-def _check_shared(raw: dict, backbones: list[dict], teachers: list[dict], targets: list, problems: Problems) -> None:
+def _check_shared(raw: dict, tables: list[MethodTable], backbones: list[dict], teachers: list[dict], targets: list,
+                  problems: Problems) -> None:
     """What every method table of the grid shares (backbones, teachers, targets and their scene counts,
     ``[train]``, ``[data_options]``), checked once so that a problem there is reported once rather than
     once per method table."""
@@ -236,12 +275,10 @@ def _check_shared(raw: dict, backbones: list[dict], teachers: list[dict], target
     from bench.data.datasets import DatasetSpec
     from bench.data.synth import SPLIT_SIZES
     from bench.registry import make_config
-    from methods import METHODS
-    from methods.base import Needs
     from teachers import TEACHERS
 
-    for kind, registry, tables in (("backbone", BACKBONES, backbones), ("teacher", TEACHERS, teachers)):
-        for t in tables:
+    for kind, registry, axis in (("backbone", BACKBONES, backbones), ("teacher", TEACHERS, teachers)):
+        for t in axis:
             entry = problems.check(registry.get, t["name"])
             for k, v in t.items() if entry is not None else ():  # each value on its own: one line per bad value
                 if k != "name":
@@ -261,18 +298,13 @@ def _check_shared(raw: dict, backbones: list[dict], teachers: list[dict], target
     train = raw.get("train", {})
     if isinstance(train, dict):  # one message per distinct problem, naming the recipes that read [train]
         by_msg: dict[str, list[str]] = {}
-        for m in raw.get("methods") or []:
-            name = m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None
-            if not isinstance(name, str) or name not in METHODS:
-                continue  # not a method: reported with the method tables
-            m = _as_table(m, "methods")
-            recipe = m.get("recipe", getattr(METHODS.get(m["name"]).factory, "needs", Needs()).recipe)
-            if not isinstance(recipe, str) or recipe not in RECIPES:
-                continue
+        for mt in tables:
+            if not isinstance(mt.recipe, str) or mt.recipe not in RECIPES:
+                continue  # reported by _check_methods
             try:
-                make_config(RECIPES.get(recipe), train, "recipe")
+                make_config(RECIPES.get(mt.recipe), train, "recipe")
             except BenchError as e:
-                by_msg.setdefault(str(e).replace(f"recipe '{recipe}'", "[train]"), []).append(recipe)
+                by_msg.setdefault(str(e).replace(f"recipe '{mt.recipe}'", "[train]"), []).append(mt.recipe)
         for msg, recipes in by_msg.items():
             problems.add(f"{msg} (the [train] table of recipe(s) {', '.join(dict.fromkeys(recipes))})")
     test_scenes = raw.get("test_scenes", DEFAULTS["test_scenes"])
@@ -352,8 +384,6 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     Every problem found (types, ranges, names, unknown keys, overrides no cell uses) is reported in
     one BenchError, one line each."""
     from bench.data.datasets import DatasetSpec
-    from methods import METHODS
-    from methods.base import Needs
 
     ov = overrides if isinstance(overrides, Overrides) else Overrides(**(overrides or {}))
     path = grid_path(name_or_path)
@@ -373,8 +403,9 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     for t in teachers:
         if t["name"] in ov.teacher_weights:
             t["weights"] = ov.teacher_weights[t["name"]]
-    _check_shared(raw, backbones, teachers, targets, problems)
-    _check_methods(raw, problems)  # every method parameter once, before any cell is built
+    tables = _method_tables(raw, problems)  # parsed once; the cells are built from these
+    _check_shared(raw, tables, backbones, teachers, targets, problems)
+    _check_methods(tables, problems)  # every method parameter once, before any cell is built
     problems.raise_if_any()
     from bench.select import apply_selection, check_grid, grid_selection
 
@@ -399,30 +430,24 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             common[key] = raw[key]
     test_scenes = raw.get("test_scenes", DEFAULTS["test_scenes"])
     cells: list[Cell] = []
-    for mi, m in enumerate(raw.get("methods") or []):  # tables and names already checked by _check_methods
-        m = _as_table(m, "methods")
-        where = f"method '{m['name']}' (methods[{mi}])"
-        entry = METHODS.get(m["name"])
-        table = {k: v for k, v in m.items() if k not in METHOD_KEYS}
-        table, hp = apply_selection(selection, m["name"], table)
-        needs = getattr(entry.factory, "needs", Needs())
-        recipe = m.get("recipe", needs.recipe)
-        with_teacher = uses_teacher(needs, recipe)
+    for mt in tables:
+        table, hp = apply_selection(selection, mt.name, mt.params)
+        with_teacher = uses_teacher(mt.needs, mt.recipe)
         if with_teacher and not teachers:
-            problems.add(f"{where} (recipe {recipe}) needs a teacher; add a 'teachers' list")
+            problems.add(f"{mt.where} (recipe {mt.recipe}) needs a teacher; add a 'teachers' list")
             continue
         for p in _cross(table):
             for bb, t, (src, tgt, opts), seed in itertools.product(backbones, teachers if with_teacher else [None],
                                                              targets, raw.get("seeds", [0])):
-                plain = {**common, "method": m["name"], "label": m.get("label", m["name"]), "params": p,
-                         "recipe": recipe, "train_on": m.get("train_on", "source"), "backbone": bb,
+                plain = {**common, "method": mt.name, "label": mt.table.get("label", mt.name), "params": p,
+                         "recipe": mt.recipe, "train_on": mt.table.get("train_on", "source"), "backbone": bb,
                          "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {}),
                          **opts}
                 if isinstance(tgt, str):
                     plain["test_scenes"] = test_scenes
                 if hp:
                     plain["hp"] = hp
-                c = problems.check(resolve, plain, where)
+                c = problems.check(resolve, plain, mt.where)
                 if c is not None:
                     cells.append(c)
     problems.raise_if_any()
@@ -444,41 +469,32 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         if ds not in used_data:
             problems.add(f"--data-root {ds}=...: no cell of this grid reads dataset '{ds}' "
                          f"(it reads: {', '.join(sorted(used_data))})")
-    problems.check(check_only, cells, ov.only)
-    selected = [c for c in cells if matches(c, ov.only)] if ov.only and not problems.items else cells
-    if ov.only and not selected and not problems.items:
-        problems.add(f"--only {' '.join(ov.only)} matches none of the grid's {len(cells)} cells: "
-                     f"{why_no_match(cells, ov.only)}")
+    selected = problems.check(filter_cells, cells, ov.only)  # reported with any problem above
     problems.raise_if_any()
     return Grid(name, path, raw, text, selected, cells)
 
 
-def _check_methods(raw: dict, problems: Problems) -> None:
+def _check_methods(tables: list[MethodTable], problems: Problems) -> None:
     """The method tables against their config dataclasses: names, types, ranges and choices, each value on
     its own (a crossed list value by value), so that every bad value is one line however many cells use
     it; and each table's recipe name. What the tables share ([train], backbones, teachers, targets) is
-    checked once by ``_check_shared``."""
+    checked once by ``_check_shared``. A method without a config whose factory takes ``**kwargs``
+    (``bench.registry.open_ended``) accepts any parameter name."""
     from backbones import RECIPES
-    from bench.registry import config_fields, make_config
-    from methods import METHODS
-    from methods.base import Needs
+    from bench.registry import config_fields, make_config, open_ended
 
-    for m in raw.get("methods") or []:
-        m = problems.check(_as_table, m, "methods")
-        entry = problems.check(METHODS.get, m["name"]) if m else None
-        if entry is None:
-            continue
-        fields = config_fields(entry)
-        table = {k: v for k, v in m.items() if k not in METHOD_KEYS and k not in CELL_SETTINGS}
-        bad = sorted(set(table) - set(fields))
+    for mt in tables:
+        fields = config_fields(mt.entry)
+        values = {k: v for k, v in mt.params.items() if k not in CELL_SETTINGS}
+        bad = [] if open_ended(mt.entry) else sorted(set(values) - set(fields))
         if bad:
-            problems.add(f"method '{m['name']}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
+            problems.add(f"method '{mt.name}' has no parameter {', '.join(repr(b) for b in bad)}; valid "
                          f"parameters: {', '.join(sorted(set(fields) | set(CELL_SETTINGS)))}")
-        for k, v in table.items():
-            if k in fields:
+        for k, v in values.items():
+            if k not in bad:
                 for x in v if isinstance(v, list) else [v]:
-                    problems.check(make_config, entry, {k: x}, "method")
-        problems.check(RECIPES.get, m.get("recipe", getattr(entry.factory, "needs", Needs()).recipe))
+                    problems.check(make_config, mt.entry, {k: x}, "method")
+        problems.check(RECIPES.get, mt.recipe)
 
 
 def cell_id(cell: dict | Cell) -> str:
@@ -565,6 +581,19 @@ def why_no_match(cells: list[Cell], only: list[str]) -> str:
             return f"{k} is one of {_shown(present)}{after}"
         left = kept
     return "no cell matches every filter"
+
+
+def filter_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells that match every ``--only`` filter (all cells when there is none); an unknown key or a
+    filter that leaves no cell is a BenchError saying which values the cells have."""
+    if not only:
+        return cells
+    check_only(cells, only)
+    kept = [c for c in cells if matches(c, only)]
+    if not kept:
+        raise BenchError(f"--only {' '.join(only)} matches none of the grid's {len(cells)} cells: "
+                         f"{why_no_match(cells, only)}")
+    return kept
 
 
 def check_only(cells: list[Cell], only: list[str]) -> None:

@@ -17,7 +17,7 @@ from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
 from bench.executors import cpu_cores, make_executor
-from bench.grid import Grid, check_only, matches, why_no_match
+from bench.grid import Grid, filter_cells
 from bench.progress import progress
 from bench.resources import data_key
 from bench.spec import Cell, describe
@@ -27,14 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def select(grid: Grid, only: list[str] | None) -> list[Cell]:
-    """The grid's selected cells, further filtered by ``only`` (KEY=VALUE); matching nothing is an error."""
-    check_only(grid.cells, only or [])
-    cells = [c for c in grid.cells if matches(c, only or [])]
-    if only and not cells:
-        raise BenchError(f"--only {' '.join(only)} matches none of the {len(grid.cells)} cells of grid "
-                         f"'{grid.name}' ({why_no_match(grid.cells, only)}); `python -m bench run --grid {grid.name} "
-                         "--dry-run` lists them")
-    return cells
+    """The grid's selected cells, further filtered by ``only`` (KEY=VALUE; ``bench.grid.filter_cells``)."""
+    try:
+        return filter_cells(grid.cells, list(only or []))
+    except BenchError as e:
+        raise BenchError(f"grid '{grid.name}': {e}; `python -m bench run --grid {grid.name} --dry-run` lists "
+                         "the cells") from None
 
 
 def schedule(cells: list[Cell]) -> list[Cell]:

@@ -23,8 +23,11 @@ target's domain (corrupted), which ``allow_source_val = false`` rules out too.
 **Selection.** Every candidate (the product of the space) runs on every validation cell (pairs x
 seeds) through the normal runner into ``runs/select/GRID`` (resumable, cells shared by id); the
 score of a candidate is its mean cell mIoU over those cells; with ``--budget-s S``, candidates whose
-mean adaptation time per scene exceeds S seconds are excluded. The best candidate per method (ties:
-the first in the space's order) is written to a new version ``bench/selected/vN.toml``, with the
+mean adaptation time per scene exceeds S seconds are excluded. Candidates within ``tolerance`` (the
+``[select]`` key; default 0.005 = 0.5 mIoU points) of the best score count as tied, and the cheapest
+of them (fewest adaptation steps per scene, then the higher score, then the first in the space's
+order) is chosen per method: on a few validation scenes smaller differences are noise, and paying
+three times the compute for them would only slow every test grid down. It is written to a new version ``bench/selected/vN.toml``, with the
 validation pairs, seeds, date, git commit, grid, and every candidate's score.
 
 **Use.** ``load_grid`` applies the latest version (or the one a grid's ``selected`` key, the
@@ -57,7 +60,8 @@ log = logging.getLogger(__name__)
 
 SELECTED_DIR = Path(__file__).parent / "selected"
 ENV_VAR = "TTT_BENCH_SELECTED"
-SELECT_KEYS = {"for_grids", "allow_source_val", "space"}
+SELECT_KEYS = {"for_grids", "allow_source_val", "space", "tolerance"}
+DEFAULT_TOLERANCE = 0.005  # mIoU (0.5 points): candidates this close to the best count as tied, the cheapest wins
 _VERSION = re.compile(r"^v(\d+)$")
 
 __all__ = ["Selection", "load_selection", "grid_selection", "apply_selection", "check_grid", "hp_columns",
@@ -299,6 +303,10 @@ def _select_table(raw: dict, path: Path) -> dict:
     if bad:
         raise BenchError(f"{path}: table 'select' has unknown key(s) {', '.join(bad)}; "
                          f"valid: {', '.join(sorted(SELECT_KEYS))}")
+    tol = t.get("tolerance", DEFAULT_TOLERANCE)
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 <= tol < 1:
+        raise BenchError(f"{path}: select.tolerance = {tol!r} must be a number in [0, 1) (mIoU as a fraction: "
+                         f"0.005 = 0.5 points)")
     fg = t.get("for_grids", "all")
     if not (fg == "all" or (isinstance(fg, list) and fg and all(isinstance(x, str) for x in fg))):
         raise BenchError(f"{path}: select.for_grids = {fg!r} must be \"all\" or a list of grid names/files")
@@ -414,6 +422,12 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
     runs = runs or Path("runs") / "select" / grid.name
     if dry_run:
         _print_plan(cands, console)
+        console.print(f"validation pairs checked against the cells of {len(tests)} test grid(s): "
+                      f"{', '.join(g.name for g in tests) or 'none'}; no problem found")
+        if budget_s is not None:
+            console.print(f"--budget-s {budget_s:g}: every candidate above still runs (its time per scene is known "
+                          "only once measured); candidates that adapt slower than that per scene are then left out "
+                          "of the choice")
         return None
     g = Grid(grid.name, grid.path, grid.raw, grid.text, cells, cells)
     res = run_grid(g, runs, None, executor, workers, address, console, command)
@@ -421,7 +435,7 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
         raise BenchError(f"{res['errors']} validation cell(s) failed (see {runs / 'cells.csv'}); nothing was selected. "
                          "Fix the cause and run the same command again: finished cells are kept")
     rows = ResultsStore(runs).cells().set_index("cell_id")
-    result = _score(cands, rows, budget_s)
+    result = _score(cands, rows, budget_s, float(sel_table.get("tolerance", DEFAULT_TOLERANCE)))
     path = out or _next_version()
     if path.exists():
         raise BenchError(f"{path} exists; selected-values files are versioned and never overwritten: choose another "
@@ -457,8 +471,15 @@ def _print_plan(cands: list[Candidate], console) -> None:
     console.print(t)
 
 
-def _score(cands: list[Candidate], rows, budget_s: float | None) -> dict[str, dict]:
-    """Per method: every candidate's score (mean cell mIoU), spread, time, and the chosen one."""
+def _score(cands: list[Candidate], rows, budget_s: float | None,
+           tolerance: float = DEFAULT_TOLERANCE) -> dict[str, dict]:
+    """Per method: every candidate's score (mean cell mIoU), spread, cost and the chosen one.
+
+    The choice: among the candidates within the budget, those whose score is within ``tolerance`` of
+    the best score count as tied (on a few validation scenes such differences are noise), and the
+    cheapest of them wins: the fewest adaptation steps per scene (recorded per cell, so the choice is
+    deterministic, unlike measured seconds), then the higher score, then the first in the space's
+    order. With ``tolerance = 0`` the best score wins."""
     import numpy as np
 
     out: dict[str, dict] = {}
@@ -471,13 +492,20 @@ def _score(cands: list[Candidate], rows, budget_s: float | None) -> dict[str, di
         adapt = float(np.mean(r["adapt_s_per_scene"].to_numpy(dtype=float)))
         entry = {"params": cd.params, "score": float(np.mean(miou)),
                  "std": float(np.std(miou, ddof=1)) if len(miou) > 1 else 0.0, "cells": len(miou),
+                 "steps_per_scene": float(np.mean(r["steps_per_scene"].to_numpy(dtype=float))),
                  "adapt_s_per_scene": adapt, "within_budget": budget_s is None or adapt <= budget_s,
                  "per_pair": {k: float(np.mean(v)) for k, v in per_pair.items()}}
         m = out.setdefault(cd.method, {"candidates": [], "selected": {}, "fixed": cd.fixed, "score": math.nan,
-                                       "n_cells": len(miou)})
+                                       "best_score": math.nan, "n_cells": len(miou)})
         m["candidates"].append(entry)
-        if entry["within_budget"] and not (entry["score"] <= m["score"]):  # NaN start: the first one in budget wins
-            m["selected"], m["score"] = dict(cd.params), entry["score"]
+    for m in out.values():
+        ok = [e for e in m["candidates"] if e["within_budget"] and not math.isnan(e["score"])]
+        if not ok:
+            continue
+        best = max(e["score"] for e in ok)
+        tied = [e for e in ok if e["score"] >= best - tolerance - 1e-12]
+        chosen = min(tied, key=lambda e: (e["steps_per_scene"], -e["score"]))  # min keeps the first of equals
+        m["selected"], m["score"], m["best_score"] = dict(chosen["params"]), chosen["score"], best
     return out
 
 
@@ -509,6 +537,7 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
     }
     if budget_s is not None:
         head["budget_s"] = float(budget_s)
+    head["tolerance"] = float(sel_table.get("tolerance", DEFAULT_TOLERANCE))
     lines = ["# Hyper-parameters selected by `python -m bench select` on validation pairs only (never a test pair).",
              "# Grids use these values for the parameters they do not set; rows record hp_source = \"selected:"
              f"{path.stem}\".", ""]
@@ -517,7 +546,8 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
         lines += ["", "[[validation]]", f"source = {_value(v['source'])}", f"target = {_value(v['target'])}"]
     for m, r in result.items():
         lines += ["", f"[methods.{_key(m)}]", f"selected = {_value(r['selected'])}", f"fixed = {_value(r['fixed'])}",
-                  f"score = {_value(r['score'])}", f"validation_cells = {r['n_cells']}"]
+                  f"score = {_value(r['score'])}", f"best_score = {_value(r['best_score'])}",
+                  f"validation_cells = {r['n_cells']}"]
         for cd in r["candidates"]:
             lines += ["", f"[[methods.{_key(m)}.candidates]]"]
             lines += [f"{_key(k)} = {_value(v)}" for k, v in cd.items()]

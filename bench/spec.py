@@ -333,11 +333,27 @@ def check_tol(v: Any, where: str) -> float:
     raise BenchError(f"{where}: lift_tol = {v!r} must be a positive number (metres)")
 
 
+def check_device_name(device: Any, what: str = "device =") -> str:
+    """``device`` if it is written 'cpu', 'cuda' or 'cuda:N' (whether this machine has it is
+    ``check_device``'s question); ``what`` names where it was given (``device =``, ``--device``)."""
+    if not isinstance(device, str) or not DEVICE_RE.match(device):
+        raise BenchError(f"{what} {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def check_features(features: Any) -> list[str]:
+    """The per-point input features: a non-empty list of ``backbones.batch.FEATURES`` names."""
+    from backbones.batch import FEATURES
+
+    if not isinstance(features, list) or not features or any(f not in FEATURES for f in features):
+        raise BenchError(f"features = {features!r} must be a non-empty list of {', '.join(FEATURES)}")
+    return features
+
+
 def check_device(device: Any, what: str = "device") -> str:
     """``device`` if it is 'cpu', 'cuda' or 'cuda:N' and this machine has it; else a BenchError that
     names the device and the fix (``what`` names where it was given, e.g. ``--device``)."""
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
-        raise BenchError(f"{what} {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    check_device_name(device, what)
     if device == "cpu":
         return device
     import torch
@@ -365,7 +381,6 @@ def check_predict(v: Any, where: str) -> str:
 def resolve(plain: dict, where: str = "cell") -> Cell:
     """The typed, validated cell of a plain form. Raises BenchError naming ``where`` and the bad value."""
     from backbones import BACKBONES, RECIPES
-    from backbones.batch import FEATURES
     from bench.data import DATASETS
     from bench.data.corrupt import CORRUPTIONS
     from bench.data.datasets import DatasetSpec
@@ -430,12 +445,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         ds_entry = _wrap(f"{where}: [data_options.{name}]", DATASETS.get, name)
         _wrap(f"{where}: [data_options.{name}]", make_config, ds_entry, opts, "dataset")
 
-    features = d.get("features", list(DEFAULTS["features"]))
-    if not isinstance(features, list) or not features or any(f not in FEATURES for f in features):
-        raise BenchError(f"{where}: features = {features!r} must be a non-empty list of {', '.join(FEATURES)}")
-    device = d.get("device", DEFAULTS["device"])
-    if not isinstance(device, str) or not DEVICE_RE.match(device):
-        raise BenchError(f"{where}: device = {device!r} must be 'cpu', 'cuda' or 'cuda:N'")
+    features = _wrap(where, check_features, d.get("features", list(DEFAULTS["features"])))
+    device = _wrap(where, check_device_name, d.get("device", DEFAULTS["device"]))
     seed = d.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise BenchError(f"{where}: seed = {seed!r} must be a whole number")

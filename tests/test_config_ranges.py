@@ -140,3 +140,21 @@ def test_check_texts():
     assert str(Each(AT_LEAST_1)) == "a non-empty list, each value >= 1"
     assert not one_of("adam", "sgd").ok("adamw") and not UNIT.ok(float("nan")) and not AT_LEAST_1.ok(True)
     assert not Each(AT_LEAST_1).ok(()) and Each(AT_LEAST_1).ok((1, 2))
+
+
+def test_open_ended_plugin_method_takes_any_parameter(tmp_path):
+    """A plugin method registered without a config whose factory takes ``**kwargs`` gets its table's
+    parameters unchecked (they cannot be), not a false "has no parameter" error; a method with a config
+    still gets one."""
+
+    def plugin(**kw):
+        return kw
+
+    METHODS.register("open_plugin_test")(plugin)
+    try:
+        grid = load_grid(str(_grid(tmp_path, '[[methods]]\nname = "open_plugin_test"\nalpha = [1, 2]')))
+        assert sorted(c.params["alpha"] for c in grid.cells) == [1, 2]
+        with pytest.raises(BenchError, match="method 'tent' has no parameter 'alpha'"):
+            load_grid(str(_grid(tmp_path, '[[methods]]\nname = "tent"\nalpha = 1')))
+    finally:
+        METHODS._entries.pop("open_plugin_test")

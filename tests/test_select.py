@@ -265,3 +265,48 @@ def test_default_selection_grid_reads_no_test_pair():
         {"dataset": "synth-scannet:jitter@3", "split": "val", "scenes": 4}]}], [0], {"tent": {"lr": 0.01}})
     with pytest.raises(BenchError, match="same corrupted domain synth-scannet:jitter@3"):
         check_grid(bad, g.all_cells, g.name)
+
+
+def test_dry_run_names_the_checked_test_grids_and_what_the_budget_does():
+    """``bench select --dry-run`` prints the plan, the test grids the validation pairs were checked
+    against, and (with --budget-s) that the budget filters candidates after their time is measured."""
+    from rich.console import Console
+
+    from bench.select import run_selection
+
+    console = Console(record=True, width=200)
+    assert run_selection(dry_run=True, budget_s=5, console=console) is None
+    text = console.export_text()
+    assert "selection plan" in text and "ttt_kd" in text
+    checked = text.split("test grid(s): ", 1)[1].split(";", 1)[0].split(", ")
+    assert {"id_ood", "corruptions", "long_stream"} <= set(checked) and "select" not in checked
+    assert "--budget-s 5: every candidate above still runs" in text
+
+
+def test_candidates_within_the_tolerance_count_as_tied_and_the_cheapest_wins():
+    """Scores within ``tolerance`` of the best are ties broken by fewer steps per scene (then the higher
+    score); a candidate further below the best never wins however cheap; tolerance 0 = the best score."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench.select import Candidate, _score
+
+    seg = SimpleNamespace(to_dict=lambda: {"dataset": "v", "split": "val", "scenes": 1})
+    table = {  # (lr, steps): mIoU of two validation cells, steps per scene
+        (1e-4, 5): ([0.290, 0.292], 5), (1e-4, 25): ([0.324, 0.324], 25), (1e-4, 50): ([0.326, 0.328], 50),
+        (3e-4, 25): ([0.322, 0.324], 25), (3e-4, 5): ([0.305, 0.305], 5),
+    }
+    cands, rows = [], []
+    for (lr, steps), (mious, sps) in table.items():
+        cells = [SimpleNamespace(cell_id=f"{lr}-{steps}-{i}", source="s", stream=[seg]) for i in range(2)]
+        cands.append(Candidate("ttt_kd", {"lr": lr, "steps": steps}, {}, cells))
+        rows += [{"cell_id": c.cell_id, "miou": v, "adapt_s_per_scene": sps / 5, "steps_per_scene": sps}
+                 for c, v in zip(cells, mious)]
+    rows = pd.DataFrame(rows).set_index("cell_id")
+    r = _score(cands, rows, None, tolerance=0.005)["ttt_kd"]
+    assert r["best_score"] == pytest.approx(0.327)  # 50 steps scores best ...
+    assert r["selected"] == {"lr": 1e-4, "steps": 25}  # ... but 25 steps is within 0.5 points and half the cost
+    assert _score(cands, rows, None, tolerance=0.0)["ttt_kd"]["selected"] == {"lr": 1e-4, "steps": 50}
+    assert _score(cands, rows, None, tolerance=0.05)["ttt_kd"]["selected"] == {"lr": 3e-4, "steps": 5}
+    assert _score(cands, rows, 2.0, tolerance=0.005)["ttt_kd"]["selected"] == {"lr": 3e-4, "steps": 5}  # budget

@@ -9,6 +9,7 @@ import pickle
 import re
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,6 +204,10 @@ def test_dinov2_wrong_variant_prefix_and_bad_files(weights_dir):
     (weights_dir / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(BenchError, match=r"cannot read .*cut.pth .*truncated.*download it again \(\w+"):
         build_teacher({"name": "dinov2", "weights": str(weights_dir / "cut.pth")})
+    (weights_dir / "noise.pth").write_bytes(np.random.default_rng(0).bytes(4096))  # e.g. an HTML error page
+    with pytest.raises(BenchError, match=r"cannot read .*noise.pth \(4096 bytes\): the file is truncated or not a "
+                                         "checkpoint"):
+        build_teacher({"name": "dinov2", "weights": str(weights_dir / "noise.pth")})
     torch.save({"cls_token": torch.zeros(1), "hook": _Evil()}, weights_dir / "evil.pth")
     with pytest.raises(BenchError, match="evil.pth was refused: it pickles Python objects"):
         build_teacher({"name": "dinov2", "weights": str(weights_dir / "evil.pth")})
