@@ -27,7 +27,8 @@ mean adaptation time per scene exceeds S seconds are excluded. Candidates within
 ``[select]`` key; default 0.005 = 0.5 mIoU points) of the best score count as tied, and the cheapest
 of them (fewest adaptation steps per scene, then the higher score, then the first in the space's
 order) is chosen per method: on a few validation scenes smaller differences are noise, and paying
-three times the compute for them would only slow every test grid down. It is written to a new version ``bench/selected/vN.toml``, with the
+three times the compute for them would only slow every test grid down. It is written to a new
+version ``bench/selected/vN.toml``, with the
 validation pairs, seeds, date, git commit, grid, and every candidate's score.
 
 **Use.** ``load_grid`` applies the latest version (or the one a grid's ``selected`` key, the

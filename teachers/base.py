@@ -274,7 +274,8 @@ def read_checkpoint(path: Path, teacher: str) -> dict[str, torch.Tensor]:
         raise
     except pickle.UnpicklingError as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        pickled = zipfile.is_zipfile(path) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        pickled = zipfile.is_zipfile(path) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04",
+                                                                                     b"\x05"))
         refused = any(w in str(e).lower() for w in ("weights only", "refusing", "unsupported global"))
         if refused and pickled:  # a real pickle (torch zip or protocol 2-5) with objects; else not a checkpoint
             raise BenchError(f"teacher '{teacher}': {path} was refused: it pickles Python objects other than "
