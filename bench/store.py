@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 from pathlib import Path
 
@@ -24,6 +25,16 @@ from bench.cache import atomic_write, not_a_folder
 from bench.errors import BenchError
 
 MARKER = "REFERENCE"
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """Read a parquet table from one snapshot of its bytes.
+
+    pyarrow may open a path more than once (footer, then row groups); a run renaming a new table into
+    place between the two opens made a reader in another process (``bench status``, a report during a
+    run) see the footer of one file and the pages of another. Reading the bytes once reads one file.
+    """
+    return pd.read_parquet(io.BytesIO(path.read_bytes()))
 
 
 class ResultsStore:
@@ -80,14 +91,14 @@ class ResultsStore:
         if not self.cells_path.is_file():
             return pd.DataFrame()
         try:
-            return pd.read_parquet(self.cells_path)
+            return _read_table(self.cells_path)
         except Exception as e:  # noqa: BLE001
             raise BenchError(f"{self.cells_path}: unreadable results table ({e}); move it away to start anew") from e
 
     def scenes(self) -> pd.DataFrame:
         if not self.scenes_path.is_file():
             return pd.DataFrame()
-        df = pd.read_parquet(self.scenes_path)
+        df = _read_table(self.scenes_path)
         cells = self.cells()
         if cells.empty:
             return df.iloc[0:0]
@@ -105,7 +116,7 @@ class ResultsStore:
     def append(self, cell_row: dict, scene_rows: list[dict]) -> None:
         cid = cell_row["cell_id"]
         if self.scenes_path.is_file():
-            old = pd.read_parquet(self.scenes_path)
+            old = _read_table(self.scenes_path)
             old = old[old["cell_id"] != cid]
         else:
             old = pd.DataFrame()
