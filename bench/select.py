@@ -126,6 +126,16 @@ def versions(folder: Path | None = None) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _shown_path(path: Path) -> str:
+    """A grid file as the selection file records it: relative to the project for the project's own grids
+    (the file is committed; another clone's absolute path means nothing), absolute otherwise."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def grid_selection(raw: dict, grid_file: Path, override: str | bool | None = None) -> Selection | None:
     """The selection a grid uses: ``override`` (the ``--selected`` flag), else the grid's ``selected``
     key, else ``$TTT_BENCH_SELECTED``, else the latest ``bench/selected/vN.toml`` (none if there is
@@ -530,7 +540,7 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
             validation.append(v)
     head = {
         "version": path.stem, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(), "command": command, "grid": grid.name, "grid_file": str(grid.path),
+        "git_commit": git_commit(), "command": command, "grid": grid.name, "grid_file": _shown_path(grid.path),
         "grid_hash": stable_hash(grid.text), "seeds": list(grid.raw.get("seeds", [0])),
         "allow_source_val": bool(sel_table.get("allow_source_val", True)),
         "checked_against": [g.name for g in tests],

@@ -4,6 +4,7 @@ use it, and the provenance columns of result rows."""
 import json
 import tomllib
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,7 @@ def test_selection_writes_a_versioned_file_with_every_candidate(selected):
     assert doc["version"] == "v1" and doc["seeds"] == [0] and doc["git_commit"] and doc["created_at"]
     assert doc["validation_pairs"] == ["sel-src->sel-val(val,1)", "sel-src->sel-src:jitter@3(val,1)"]
     assert doc["checked_against"] == ["seltest"]
+    assert doc["grid_file"] == str((d / "sel.toml").resolve())  # outside the project: absolute
     tent = doc["methods"]["tent"]
     assert tent["fixed"] == {"steps": 1} and tent["validation_cells"] == 2
     cands = tent["candidates"]
@@ -310,3 +312,13 @@ def test_candidates_within_the_tolerance_count_as_tied_and_the_cheapest_wins():
     assert _score(cands, rows, None, tolerance=0.0)["ttt_kd"]["selected"] == {"lr": 1e-4, "steps": 50}
     assert _score(cands, rows, None, tolerance=0.05)["ttt_kd"]["selected"] == {"lr": 3e-4, "steps": 5}
     assert _score(cands, rows, 2.0, tolerance=0.005)["ttt_kd"]["selected"] == {"lr": 3e-4, "steps": 5}  # budget
+
+
+def test_the_projects_own_selection_grid_is_recorded_relative_to_the_project():
+    """A committed selection file must not carry one clone's absolute path."""
+    from bench.select import _shown_path
+
+    root = Path(__file__).resolve().parents[1]
+    assert _shown_path(root / "bench" / "grids" / "select.toml") == "bench/grids/select.toml"
+    doc = tomllib.loads((root / "bench" / "selected" / "v1.toml").read_text())
+    assert not Path(doc["grid_file"]).is_absolute()
