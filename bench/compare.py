@@ -34,6 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 from scipy import stats as sps
 
+from bench.env import PROJECT_ROOT
 from bench.errors import BenchError
 from bench.stats import paired_test
 from bench.store import ResultsStore
@@ -73,7 +74,7 @@ def grid_name(folder: Path) -> str:
 def reference_candidates(grid: str) -> list[Path]:
     """Where a grid's reference results may be, in order: ``results/reference/GRID`` (or the older
     ``results/GRID``) under the working directory, then under the repository holding this package."""
-    roots = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    roots = [Path.cwd(), PROJECT_ROOT]
     return list(dict.fromkeys(root / sub / grid for root in roots for sub in (Path("results") / "reference",
                                                                               Path("results"))))
 

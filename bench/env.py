@@ -12,12 +12,15 @@ PACKAGES = ("ttt-bench", "torch", "torchvision", "spconv-cu120", "cumm-cu120", "
             "segment-anything", "numpy", "scipy", "pandas", "pyarrow", "matplotlib", "rich", "ray")
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding the bench package
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "-C", str(PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):

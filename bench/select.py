@@ -55,6 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.env import PROJECT_ROOT
 from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,8 @@ def versions(folder: Path | None = None) -> list[Path]:
 def _shown_path(path: Path) -> str:
     """A grid file as the selection file records it: relative to the project for the project's own grids
     (the file is committed; another clone's absolute path means nothing), absolute otherwise."""
-    root = Path(__file__).resolve().parents[1]
     try:
-        return str(Path(path).resolve().relative_to(root))
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
     except ValueError:
         return str(Path(path).resolve())
 
