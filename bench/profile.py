@@ -7,7 +7,11 @@ On a default synthetic scene it times, for each backbone, one forward and one TT
   (sparse-conv modules less the rulebook built inside them), BatchNorm, the rest of the forward (heads,
   activations, loss), backward and optimizer;
 - a training step (``backbones/train.py``'s loop) into data (augmentation, batching), forward (with
-  the loss), backward and optimizer (clipping, step, schedule).
+  the loss), backward and optimizer (clipping, step, schedule);
+
+measures the step's arithmetic floor: the sparse convolutions' forward and backward products timed as
+dense GEMMs of the same shapes (no gather or scatter), which bounds what any faster sparse-convolution
+kernel could save on this core;
 
 and compares, interleaved (off, on, on, off, ...) in the same conditions, a TTT-KD scene (5 steps and the
 "after" prediction on one batch) and a repeated no-grad forward with spunet's rulebook reuse off and on
@@ -234,6 +238,66 @@ def profile_ttt_step(scene, device: str, repeats: int) -> dict:
     return {p: spread(v) for p, v in parts.items()}
 
 
+def conv_gemms(model, batch) -> list[tuple[int, int, int, bool]]:
+    """``(pairs, c_in, c_out, grad_input)`` of every sparse convolution in one spunet forward on ``batch``:
+    the rows its gather-GEMM-scatter multiplies (input-output pairs summed over the kernel offsets; the
+    voxels for a 1x1 convolution) and whether the backward also needs the input's gradient. spconv keeps
+    a submanifold rulebook for one half of the offsets only (a pair of offset k is the swapped pair of
+    its mirror) and applies the centre offset to every voxel, so there the pairs are the voxels plus twice
+    the stored pairs."""
+    import spconv.pytorch as spconv
+    import torch
+
+    shapes: list[tuple[int, int, int, bool]] = []
+
+    def hook(m, inp, out):
+        x = inp[0]
+        n = x.features.shape[0]
+        stored = 0 if m.conv1x1 else int(out.indice_dict[m.indice_key].indice_pair_num.sum())
+        pairs = n if m.conv1x1 else n + 2 * stored if m.subm else stored
+        shapes.append((pairs, m.in_channels, m.out_channels, bool(x.features.requires_grad)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, spconv.conv.SparseConvolution)]
+    try:
+        with torch.enable_grad():
+            model(batch, ("kd",))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def profile_gemm_floor(scene, device: str, repeats: int) -> dict:
+    """The arithmetic floor of a spunet TTT-KD step's sparse convolutions: their forward and backward
+    products (input x weight, the weight's gradient, the input's gradient where needed) timed as plain
+    dense GEMMs of the same shapes on random data, i.e. the same multiply-adds without the rulebook's
+    gather and scatter. ``floor_s`` over the measured step bounds what a faster sparse-convolution kernel
+    could save; ``gflop`` counts multiply-adds twice."""
+    import torch
+
+    from backbones.batch import make_batch
+    from backbones.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec(backbone="spunet", kd_dim=64), device).eval()
+    model.requires_grad_(True)
+    batch = make_batch([scene], model.spec.features).to(device)
+    shapes = conv_gemms(model, batch)
+    g = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(p, ci, generator=g).to(device), torch.randn(ci, co, generator=g).to(device),
+             torch.randn(p, co, generator=g).to(device), grad_in) for p, ci, co, grad_in in shapes]
+
+    def gemms():
+        for a, w, d, grad_in in mats:
+            a @ w  # forward
+            a.t() @ d  # the weight's gradient
+            if grad_in:
+                d @ w.t()  # the input's gradient
+
+    flop = sum(2 * p * ci * co * (3 if grad_in else 2) for p, ci, co, grad_in in shapes)
+    return {"gflop": flop / 1e9, "convs": len(shapes), "floor_s": spread(_repeat(gemms, repeats, device))}
+
+
 def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5) -> dict:
     """Interleaved A/B of rulebook reuse off/on: a TTT-KD scene (``steps`` steps + a no-grad prediction on
     one batch, as the harness runs it) and one no-grad forward on a batch already seen; wall and CPU seconds."""
@@ -362,6 +426,7 @@ def profile(device: str = "cpu", repeats: int = 5, console: Console | None = Non
     out = {"device": device, "threads": threads, "cores": cpu_cores(), "repeats": repeats, "backbones": rows}
     if breakdown:
         out["ttt_step"] = profile_ttt_step(test, device, repeats)
+        out["gemm_floor"] = profile_gemm_floor(test, device, repeats)
         out["train_step"] = profile_train_step(train_scenes, device, repeats)
         out["reuse_ab"] = profile_reuse_ab(test, device, repeats)
     print_profile(out, console)
@@ -396,6 +461,14 @@ def print_profile(out: dict, console: Console) -> None:
         tt.add_row("total (measured)", _fmt(b["total"]), f"{100 * sum(b[p]['median'] for p in parts) / total:.1f} % "
                    "summed" if total > 0 else "")
         console.print(tt)
+        if key == "ttt_step" and "gemm_floor" in out:
+            f, step = out["gemm_floor"], b["total"]["median"]
+            floor = f["floor_s"]["median"]
+            if floor > 0 and step > 0:
+                console.print(f"sparse-convolution arithmetic of the step: {f['gflop']:.2f} GFLOP in {f['convs']} "
+                              f"convolutions (forward and backward); as dense GEMMs of the same shapes: "
+                              f"{_fmt(f['floor_s'])} s ({f['gflop'] / floor:.0f} GFLOP/s), "
+                              f"{100 * floor / step:.0f} % of the measured step")
     if "reuse_ab" in out:
         ab = out["reuse_ab"]
         tt = Table(title=f"spunet rulebook reuse, interleaved A/B: a TTT-KD scene ({ab['steps']} steps + prediction) "

@@ -202,3 +202,30 @@ def test_profile_reports_median_spread_and_parts():
     assert out["ttt_step"]["rulebook"]["median"] > 0 and out["train_step"]["backward"]["median"] > 0
     text = buf.getvalue()
     assert "rulebook" in text and "25-75 %" in text and "1 torch thread(s)" in text
+
+
+def test_gemm_floor_counts_the_rulebook_pairs(benchmark, scene):
+    """The arithmetic floor of bench/profile.py multiplies exactly the rows the rulebooks hold: a level-0
+    submanifold convolution's pairs equal the occupied 3x3x3 neighbours of every voxel, counted here
+    independently from the voxel coordinates; only the stem skips the input's gradient."""
+    import spconv.pytorch as spconv
+
+    from backbones.spunet import voxelize
+    from bench.profile import conv_gemms, profile_gemm_floor
+
+    model = build_model(ModelSpec(backbone="spunet", kd_dim=64), "cpu").eval()
+    batch = make_batch([scene], model.spec.features)
+    shapes = conv_gemms(model, batch)
+    convs = [m for m in model.modules() if isinstance(m, spconv.conv.SparseConvolution)]
+    assert len(shapes) == len(convs)
+    assert [s[3] for s in shapes] == [False] + [True] * (len(shapes) - 1)  # the stem's input needs no gradient
+    idx, _, _ = voxelize(batch, model.backbone.cfg.voxel_size)
+    occupied = {tuple(v) for v in idx[:, 1:].tolist()}
+    offsets = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)]
+    pairs = sum((x + a, y + b, z + c) in occupied for x, y, z in occupied for a, b, c in offsets)
+    c0 = model.backbone.cfg.channels[0]
+    assert shapes[1][:3] == (pairs, c0, c0)  # enc0's first convolution
+    f = benchmark.pedantic(profile_gemm_floor, args=(scene, "cpu", 2), rounds=1, iterations=1)
+    assert f["convs"] == len(shapes) and f["floor_s"]["n"] == 2
+    assert f["gflop"] == pytest.approx(sum(2 * p * i * o * (3 if g else 2) for p, i, o, g in shapes) / 1e9)
+    benchmark.extra_info.update(gflop=f["gflop"], floor_s=f["floor_s"]["median"])
