@@ -190,6 +190,13 @@ def _scenes(n_train: int):
     return test, [ds.load(n, with_views=False) for n in names]
 
 
+def spunet_spec(voxel_size: float | None = None, **kw):
+    """The profiled spunet's ModelSpec: the default architecture, at ``voxel_size`` metres when given."""
+    from backbones.model import ModelSpec
+
+    return ModelSpec(backbone="spunet", backbone_cfg={} if voxel_size is None else {"voxel_size": voxel_size}, **kw)
+
+
 def ttt_step_fn(model, batch, target, mask, opt, steps: int = 1):
     from backbones.losses import distill_loss
 
@@ -202,15 +209,15 @@ def ttt_step_fn(model, batch, target, mask, opt, steps: int = 1):
     return step
 
 
-def profile_ttt_step(scene, device: str, repeats: int) -> dict:
+def profile_ttt_step(scene, device: str, repeats: int, voxel_size: float | None = None) -> dict:
     """The spunet TTT-KD step, broken into parts (median and spread of each over the repeats)."""
     import torch
 
     from backbones.batch import make_batch
     from backbones.losses import distill_loss
-    from backbones.model import ModelSpec, build_model
+    from backbones.model import build_model
 
-    model = build_model(ModelSpec(backbone="spunet", kd_dim=64), device).eval()
+    model = build_model(spunet_spec(voxel_size, kd_dim=64), device).eval()
     batch = make_batch([scene], model.spec.features).to(device)
     g = torch.Generator().manual_seed(0)
     target = torch.randn(scene.num_points, 64, generator=g).to(device)
@@ -268,7 +275,7 @@ def conv_gemms(model, batch) -> list[tuple[int, int, int, bool]]:
     return shapes
 
 
-def profile_gemm_floor(scene, device: str, repeats: int) -> dict:
+def profile_gemm_floor(scene, device: str, repeats: int, voxel_size: float | None = None) -> dict:
     """The arithmetic floor of a spunet TTT-KD step's sparse convolutions: their forward and backward
     products (input x weight, the weight's gradient, the input's gradient where needed) timed as plain
     dense GEMMs of the same shapes on random data, i.e. the same multiply-adds without the rulebook's
@@ -277,9 +284,9 @@ def profile_gemm_floor(scene, device: str, repeats: int) -> dict:
     import torch
 
     from backbones.batch import make_batch
-    from backbones.model import ModelSpec, build_model
+    from backbones.model import build_model
 
-    model = build_model(ModelSpec(backbone="spunet", kd_dim=64), device).eval()
+    model = build_model(spunet_spec(voxel_size, kd_dim=64), device).eval()
     model.requires_grad_(True)
     batch = make_batch([scene], model.spec.features).to(device)
     shapes = conv_gemms(model, batch)
@@ -298,7 +305,7 @@ def profile_gemm_floor(scene, device: str, repeats: int) -> dict:
     return {"gflop": flop / 1e9, "convs": len(shapes), "floor_s": spread(_repeat(gemms, repeats, device))}
 
 
-def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5) -> dict:
+def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5, voxel_size: float | None = None) -> dict:
     """Interleaved A/B of rulebook reuse off/on: a TTT-KD scene (``steps`` steps + a no-grad prediction on
     one batch, as the harness runs it) and one no-grad forward on a batch already seen; wall and CPU seconds."""
     import copy
@@ -306,10 +313,10 @@ def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5) -> dict:
     import torch
 
     from backbones.batch import make_batch
-    from backbones.model import ModelSpec, build_model
+    from backbones.model import build_model
     from backbones.spunet import rulebook_reuse
 
-    base = build_model(ModelSpec(backbone="spunet", kd_dim=64), device).eval()
+    base = build_model(spunet_spec(voxel_size, kd_dim=64), device).eval()
     g = torch.Generator().manual_seed(0)
     target = torch.randn(scene.num_points, 64, generator=g).to(device)
     mask = torch.ones(scene.num_points, dtype=torch.bool, device=device)
@@ -346,17 +353,17 @@ def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5) -> dict:
     return out
 
 
-def profile_train_step(train_scenes, device: str, repeats: int) -> dict:
+def profile_train_step(train_scenes, device: str, repeats: int, voxel_size: float | None = None) -> dict:
     """One training step of backbones/train.py (source recipe defaults), broken into parts."""
     import numpy as np
     import torch
 
     from backbones.batch import make_batch, scene_features
-    from backbones.model import ModelSpec, build_model
+    from backbones.model import build_model
     from backbones.train import TrainConfig, augment
 
     cfg = TrainConfig()
-    model = build_model(ModelSpec(backbone="spunet"), device).train()
+    model = build_model(spunet_spec(voxel_size), device).train()
     features = model.spec.features
     feats = [scene_features(s, features) for s in train_scenes]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -390,16 +397,21 @@ def profile_train_step(train_scenes, device: str, repeats: int) -> dict:
 
 
 def profile(device: str = "cpu", repeats: int = 5, console: Console | None = None, threads: int | None = None,
-            backbones: tuple[str, ...] = ("spunet", "pointnet2"), breakdown: bool = True) -> dict:
-    """Time forward and TTT-KD step per backbone, and the step/training breakdowns; print tables."""
+            backbones: tuple[str, ...] = ("spunet", "pointnet2"), breakdown: bool = True,
+            voxel_size: float | None = None) -> dict:
+    """Time forward and TTT-KD step per backbone, and the step/training breakdowns; print tables.
+    ``voxel_size`` (metres) replaces spunet's default voxel size everywhere (the cost of a coarser grid)."""
     import torch
 
     from backbones.batch import make_batch
     from backbones.model import ModelSpec, build_model
+    from backbones.spunet import voxelize
     from bench.cell import PeakMemory
 
     if repeats < 1:
         raise BenchError(f"--repeats {repeats}: give at least 1")
+    if voxel_size is not None and not voxel_size > 0:
+        raise BenchError(f"--voxel-size {voxel_size}: give a positive size in metres (spunet's default is 0.08)")
     console = console or Console()
     if torch.device(device).type == "cpu":
         threads = choose_threads(threads)
@@ -408,8 +420,10 @@ def profile(device: str = "cpu", repeats: int = 5, console: Console | None = Non
     test, train_scenes = _scenes(2 if breakdown else 0)
     rows = []
     for bb in backbones:
-        model = build_model(ModelSpec(backbone=bb, kd_dim=64), device).eval()
+        spec = spunet_spec(voxel_size, kd_dim=64) if bb == "spunet" else ModelSpec(backbone=bb, kd_dim=64)
+        model = build_model(spec, device).eval()
         batch = make_batch([test], model.spec.features).to(device)
+        voxels = voxelize(batch, model.backbone.cfg.voxel_size)[0].shape[0] if bb == "spunet" else None
         target = torch.randn(test.num_points, 64, generator=torch.Generator().manual_seed(0)).to(device)
         mask = torch.ones(test.num_points, dtype=torch.bool, device=device)
         opt = torch.optim.Adam(model.backbone.parameters(), lr=1e-4)
@@ -421,14 +435,14 @@ def profile(device: str = "cpu", repeats: int = 5, console: Console | None = Non
         tf = spread(_repeat(fwd, repeats, device))
         with PeakMemory(device) as mem:
             ts = spread(_repeat(ttt_step_fn(model, batch, target, mask, opt), repeats, device))
-        rows.append({"backbone": bb, "points": test.num_points, "forward_s": tf, "ttt_step_s": ts,
+        rows.append({"backbone": bb, "points": test.num_points, "voxels": voxels, "forward_s": tf, "ttt_step_s": ts,
                      "points_per_s": test.num_points / tf["median"], "peak_mem_mb": mem.peak_mb, "mem_kind": mem.kind})
     out = {"device": device, "threads": threads, "cores": cpu_cores(), "repeats": repeats, "backbones": rows}
     if breakdown:
-        out["ttt_step"] = profile_ttt_step(test, device, repeats)
-        out["gemm_floor"] = profile_gemm_floor(test, device, repeats)
-        out["train_step"] = profile_train_step(train_scenes, device, repeats)
-        out["reuse_ab"] = profile_reuse_ab(test, device, repeats)
+        out["ttt_step"] = profile_ttt_step(test, device, repeats, voxel_size)
+        out["gemm_floor"] = profile_gemm_floor(test, device, repeats, voxel_size)
+        out["train_step"] = profile_train_step(train_scenes, device, repeats, voxel_size)
+        out["reuse_ab"] = profile_reuse_ab(test, device, repeats, voxel_size=voxel_size)
     print_profile(out, console)
     return out
 
@@ -441,10 +455,11 @@ def print_profile(out: dict, console: Console) -> None:
     head = f"on {out['device']}, {out['threads']} torch thread(s) of {out['cores']} cores, median (25-75 %) of " \
            f"{out['repeats']} repeats, seconds"
     t = Table(title=f"profile {head}")
-    for c in ("backbone", "points", "forward s", "TTT-KD step s", "points/s (fwd)", "peak MB"):
+    for c in ("backbone", "points", "voxels", "forward s", "TTT-KD step s", "points/s (fwd)", "peak MB"):
         t.add_column(c)
     for r in out["backbones"]:
-        t.add_row(r["backbone"], str(r["points"]), _fmt(r["forward_s"]), _fmt(r["ttt_step_s"]),
+        t.add_row(r["backbone"], str(r["points"]), "-" if r.get("voxels") is None else str(r["voxels"]),
+                  _fmt(r["forward_s"]), _fmt(r["ttt_step_s"]),
                   f"{r['points_per_s']:.0f}", f"{r['peak_mem_mb']:.0f} ({r['mem_kind']})")
     console.print(t)
     for key, parts, title in (("ttt_step", STEP_PARTS, "spunet TTT-KD step"),
@@ -492,6 +507,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads (default 1; lowered to the cores not busy with other work)")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                    help="only forward and TTT-KD step per backbone")
+    p.add_argument("--voxel-size", type=float, default=None,
+                   help="spunet's voxel size in metres (default: the backbone's, 0.08): what a coarser grid costs")
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -500,6 +517,6 @@ def run(args: argparse.Namespace, console: Console | None = None) -> int:
 
     check_device(args.device, "--device")
     profile(args.device, args.repeats, console or Console(), getattr(args, "threads", None),
-            breakdown=getattr(args, "breakdown", True))
+            breakdown=getattr(args, "breakdown", True), voxel_size=getattr(args, "voxel_size", None))
     return 0
 

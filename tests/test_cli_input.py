@@ -66,6 +66,11 @@ def test_profile_refuses_a_device_it_cannot_use(device, message):
     refused(bench("profile", "--device", device, "--repeats", "1", "--no-breakdown"), message)
 
 
+def test_profile_refuses_a_voxel_size_that_is_not_positive():
+    refused(bench("profile", "--voxel-size", "0", "--repeats", "1", "--no-breakdown"),
+            "--voxel-size 0.0: give a positive size in metres")
+
+
 # 2 -- a grid-level problem is reported once, not once per method table
 @pytest.mark.parametrize("change, message", [
     (("epochs = 6", "epoch = 6"), "[train] has no parameter 'epoch'"),

@@ -229,3 +229,27 @@ def test_gemm_floor_counts_the_rulebook_pairs(benchmark, scene):
     assert f["convs"] == len(shapes) and f["floor_s"]["n"] == 2
     assert f["gflop"] == pytest.approx(sum(2 * p * i * o * (3 if g else 2) for p, i, o, g in shapes) / 1e9)
     benchmark.extra_info.update(gflop=f["gflop"], floor_s=f["floor_s"]["median"])
+
+
+def test_profile_at_a_coarser_voxel_size():
+    """``bench profile --voxel-size``: every profiled spunet is built at that size (fewer voxels at a
+    coarser grid, counted by the profile and independently here)."""
+    import io
+
+    from rich.console import Console
+
+    from backbones.spunet import voxelize
+    from bench.profile import _scenes, profile, spunet_spec
+
+    assert build_model(spunet_spec(0.16), "cpu").backbone.cfg.voxel_size == 0.16
+    assert build_model(spunet_spec(), "cpu").backbone.cfg.voxel_size == 0.08
+    before = torch.get_num_threads()
+    buf = io.StringIO()
+    rows = {v: profile("cpu", 1, Console(file=buf, width=200), threads=1, backbones=("spunet",), breakdown=False,
+                       voxel_size=v)["backbones"][0] for v in (None, 0.16)}
+    torch.set_num_threads(before)
+    test, _ = _scenes(0)
+    batch = make_batch([test], ("color", "normal"))
+    assert rows[None]["voxels"] == voxelize(batch, 0.08)[0].shape[0]
+    assert rows[0.16]["voxels"] == voxelize(batch, 0.16)[0].shape[0] < rows[None]["voxels"]
+    assert "voxels" in buf.getvalue()
