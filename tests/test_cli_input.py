@@ -124,10 +124,10 @@ def test_only_compares_numbers_numerically_and_lists_the_values_present():
 
 
 def test_only_accepts_every_cell_setting_a_grid_varies():
-    g = load_grid("continual", Overrides(only=["reset_every=6"]))
-    assert len(g.cells) == 1 and g.cells[0].protocol.reset_every == 6
-    assert len(load_grid("continual", Overrides(only=["probe_every=3", "order=sequential"])).cells) == 10
-    assert len(load_grid("continual", Overrides(only=["method=tent", "reset_every=0"])).cells) == 1
+    g = load_grid("continual", Overrides(only=["reset_every=6"]))  # one row, 3 seeds
+    assert len(g.cells) == 3 and all(c.protocol.reset_every == 6 for c in g.cells)
+    assert len(load_grid("continual", Overrides(only=["probe_every=3", "order=sequential"])).cells) == 30
+    assert len(load_grid("continual", Overrides(only=["method=tent", "reset_every=0", "seed=0"])).cells) == 1
     with pytest.raises(BenchError, match=r"unknown key 'reset_evry' \(did you mean 'reset_every'\?\)"):
         load_grid("continual", Overrides(only=["reset_evry=6"]))
 
@@ -169,7 +169,7 @@ def test_piped_output_is_not_wrapped_or_truncated():
     r = bench("run", "--grid", "continual", "--dry-run")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 11 and lines[-1] == "10 cells"
+    assert len(lines) == 31 and lines[-1] == "30 cells"  # 10 rows x 3 seeds
     assert all("synth-scannet->synth-s3dis>synth-matterport>synth-scannet" in line for line in lines[:-1])
     ref = str(ROOT / "results" / "reference" / "continual")
     r = bench("compare", ref, ref)
