@@ -280,7 +280,8 @@ def profile_gemm_floor(scene, device: str, repeats: int, voxel_size: float | Non
     products (input x weight, the weight's gradient, the input's gradient where needed) timed as plain
     dense GEMMs of the same shapes on random data, i.e. the same multiply-adds without the rulebook's
     gather and scatter. ``floor_s`` over the measured step bounds what a faster sparse-convolution kernel
-    could save; ``gflop`` counts multiply-adds twice."""
+    could save; ``gflop`` counts multiply-adds twice; ``peak_gflops`` is the rate of a large square product
+    on the same device, the best any arrangement of the same arithmetic could hope for."""
     import torch
 
     from backbones.batch import make_batch
@@ -302,7 +303,10 @@ def profile_gemm_floor(scene, device: str, repeats: int, voxel_size: float | Non
                 d @ w.t()  # the input's gradient
 
     flop = sum(2 * p * ci * co * (3 if grad_in else 2) for p, ci, co, grad_in in shapes)
-    return {"gflop": flop / 1e9, "convs": len(shapes), "floor_s": spread(_repeat(gemms, repeats, device))}
+    big = torch.randn(1024, 1024, generator=g).to(device)
+    peak = spread(_repeat(lambda: big @ big, repeats, device))  # a large square product: the core's dense rate
+    return {"gflop": flop / 1e9, "convs": len(shapes), "floor_s": spread(_repeat(gemms, repeats, device)),
+            "peak_gflops": 2 * 1024 ** 3 / peak["median"] / 1e9}
 
 
 def profile_reuse_ab(scene, device: str, repeats: int, steps: int = 5, voxel_size: float | None = None) -> dict:
@@ -483,7 +487,9 @@ def print_profile(out: dict, console: Console) -> None:
                 console.print(f"sparse-convolution arithmetic of the step: {f['gflop']:.2f} GFLOP in {f['convs']} "
                               f"convolutions (forward and backward); as dense GEMMs of the same shapes: "
                               f"{_fmt(f['floor_s'])} s ({f['gflop'] / floor:.0f} GFLOP/s), "
-                              f"{100 * floor / step:.0f} % of the measured step")
+                              f"{100 * floor / step:.0f} % of the measured step; at this core's dense rate "
+                              f"({f['peak_gflops']:.0f} GFLOP/s, a 1024^3 product) the products would take "
+                              f"{f['gflop'] / f['peak_gflops']:.3f} s")
     if "reuse_ab" in out:
         ab = out["reuse_ab"]
         tt = Table(title=f"spunet rulebook reuse, interleaved A/B: a TTT-KD scene ({ab['steps']} steps + prediction) "

@@ -226,7 +226,7 @@ def test_gemm_floor_counts_the_rulebook_pairs(benchmark, scene):
     c0 = model.backbone.cfg.channels[0]
     assert shapes[1][:3] == (pairs, c0, c0)  # enc0's first convolution
     f = benchmark.pedantic(profile_gemm_floor, args=(scene, "cpu", 2), rounds=1, iterations=1)
-    assert f["convs"] == len(shapes) and f["floor_s"]["n"] == 2
+    assert f["convs"] == len(shapes) and f["floor_s"]["n"] == 2 and f["peak_gflops"] > 0
     assert f["gflop"] == pytest.approx(sum(2 * p * i * o * (3 if g else 2) for p, i, o, g in shapes) / 1e9)
     benchmark.extra_info.update(gflop=f["gflop"], floor_s=f["floor_s"]["median"])
 
