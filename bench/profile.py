@@ -409,13 +409,14 @@ def profile(device: str = "cpu", repeats: int = 5, console: Console | None = Non
 
     from backbones.batch import make_batch
     from backbones.model import ModelSpec, build_model
-    from backbones.spunet import voxelize
+    from backbones.spunet import SpUNetConfig, voxelize
     from bench.cell import PeakMemory
 
     if repeats < 1:
         raise BenchError(f"--repeats {repeats}: give at least 1")
-    if voxel_size is not None and not voxel_size > 0:
-        raise BenchError(f"--voxel-size {voxel_size}: give a positive size in metres (spunet's default is 0.08)")
+    if voxel_size is not None and not SpUNetConfig.CHECKS["voxel_size"].ok(voxel_size):  # the backbone's own bound
+        raise BenchError(f"--voxel-size {voxel_size}: give a positive size in metres "
+                         f"(spunet's default is {SpUNetConfig.voxel_size})")
     console = console or Console()
     if torch.device(device).type == "cpu":
         threads = choose_threads(threads)
