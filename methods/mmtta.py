@@ -74,7 +74,7 @@ class MMTTA(Method):
 
     def _forward(self, inp, mask, seen: bool):
         l3 = self.model(inp.batch)["seg"]
-        l2 = self.model.forward2d(inp.teacher_feat[mask].float()) if seen else None
+        l2 = self.model.forward2d(inp.teacher_feat[mask].to(inp.batch.feat.dtype)) if seen else None
         return l3, l2
 
     def pseudo_labels(self, s3, f3, s2, f2, mask) -> torch.Tensor:

@@ -61,7 +61,7 @@ class XMUDAConfig(MethodConfig):
 def logits_2d(model, inp, n_classes: int | None = None) -> torch.Tensor:
     """(N, C) 2D logits: the 2D head on the lifted teacher features of the seen points, NaN elsewhere."""
     mask = inp.teacher_mask
-    seen = model.forward2d(inp.teacher_feat[mask].float())
+    seen = model.forward2d(inp.teacher_feat[mask].to(inp.batch.feat.dtype))
     out = torch.full((mask.shape[0], seen.shape[1]), float("nan"), dtype=seen.dtype, device=seen.device)
     out[mask] = seen
     return out
@@ -109,7 +109,7 @@ class XMUDA(Method):
             self.last_output = l3.detach()
             loss = l3.sum() * 0.0
             if seen:
-                l2 = self.model.forward2d(inp.teacher_feat[mask].float())
+                l2 = self.model.forward2d(inp.teacher_feat[mask].to(inp.batch.feat.dtype))
                 full = torch.full_like(l3, float("nan"))
                 full[mask] = l2.detach()
                 self.last_output_2d = full
