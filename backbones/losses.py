@@ -47,3 +47,44 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-point Shannon entropy of the softmax prediction."""
     logp = logits.log_softmax(1)
     return -(logp.exp() * logp).sum(1)
+
+
+def lovasz_softmax(logits: torch.Tensor, label: torch.Tensor, ignore: int = -1) -> torch.Tensor:
+    """The Lovasz-softmax loss (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU per class,
+    averaged over the classes present in ``label``. For each class the points' errors
+    ``|[y = c] - p_c|`` are sorted in decreasing order and weighted by the increments of the Jaccard
+    loss of the sorted ground truth, so the loss acts on the IoU of every class, rare ones as much as
+    walls."""
+    valid = label != ignore
+    probs, y = logits[valid].softmax(1), label[valid]
+    if y.numel() == 0:
+        return logits.sum() * 0.0
+    losses = []
+    for c in torch.unique(y).tolist():
+        fg = (y == c).to(probs.dtype)
+        err = (fg - probs[:, c]).abs()
+        err_sorted, order = torch.sort(err, descending=True)
+        g = fg[order]
+        gts = g.sum()
+        inter = gts - g.cumsum(0)
+        union = gts + (1.0 - g).cumsum(0)
+        jac = 1.0 - inter / union
+        jac = torch.cat([jac[:1], jac[1:] - jac[:-1]])
+        losses.append(torch.dot(err_sorted, jac))
+    return torch.stack(losses).mean()
+
+
+def class_weights(labels: list, num_classes: int, power: float) -> torch.Tensor:
+    """Per-class cross-entropy weights ``freq ** -power`` from the training labels (0 for absent classes),
+    scaled so that the mean weight per labelled point is 1 (``power`` 0: plain cross-entropy; 0.5: the
+    square root of the inverse frequency)."""
+    import numpy as np
+
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for lab in labels:
+        lab = np.asarray(lab)
+        counts += np.bincount(lab[lab >= 0], minlength=num_classes)[:num_classes]
+    freq = counts / max(counts.sum(), 1.0)
+    w = np.where(counts > 0, np.power(np.maximum(freq, 1e-12), -power), 0.0)
+    w = w / max((w * freq).sum(), 1e-12)
+    return torch.tensor(w, dtype=torch.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -21,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from backbones.batch import PointBatch, feature_slices, make_batch, scene_features
-from backbones.losses import block_mask, distill_loss, masked_input, reconstruction_loss
+from backbones.losses import block_mask, class_weights, distill_loss, lovasz_softmax, masked_input, reconstruction_loss
 from backbones.model import SegModel
 from backbones.registry import RECIPES
 from bench.data.classes import NUM_CLASSES
 from bench.data.scene import Scene
+from bench.errors import BenchError
 from bench.metrics import confusion, miou
 from bench.params import AT_LEAST_0, AT_LEAST_1, POSITIVE, UNIT, Check, Checked, one_of
 from bench.progress import progress, track
@@ -40,7 +42,7 @@ class TrainConfig(Checked):
     CHECKS: ClassVar[dict[str, Check]] = {
         "epochs": AT_LEAST_1, "lr": POSITIVE, "weight_decay": AT_LEAST_0, "scenes_per_step": AT_LEAST_1,
         "kd_weight": AT_LEAST_0, "kd_loss": one_of("cosine", "l2"), "mae_weight": AT_LEAST_0, "mae_ratio": UNIT,
-        "mae_cell": POSITIVE, "grad_clip": POSITIVE,
+        "mae_cell": POSITIVE, "grad_clip": POSITIVE, "class_weight_power": AT_LEAST_0, "lovasz_weight": AT_LEAST_0,
     }
     epochs: int = 12
     lr: float = 0.01
@@ -53,6 +55,8 @@ class TrainConfig(Checked):
     mae_cell: float = 0.4
     augment: bool = True
     grad_clip: float = 10.0
+    class_weight_power: float = 0.0  # cross-entropy class weights freq ** -power (0 = unweighted)
+    lovasz_weight: float = 0.0  # weight of the Lovasz-softmax term beside the cross-entropy
 
 
 Trainer = Callable[..., dict]
@@ -129,28 +133,83 @@ def evaluate(model: SegModel, scenes: list[Scene], device, classes: tuple[int, .
     return miou(conf, classes)
 
 
+@dataclass
+class Step:
+    """What one training step's loss sees: the (augmented) batch, its labels, the scenes' indices into the
+    training set, the lifted teacher features and their masks of those scenes (when the recipe trains with
+    a teacher), the step's random generator and the class weights of the cross-entropy."""
+
+    batch: PointBatch
+    label: torch.Tensor
+    idx: np.ndarray
+    teacher: tuple[torch.Tensor, torch.Tensor] | None
+    gen: torch.Generator
+    class_weight: torch.Tensor | None
+
+
+# A loss hook: (model, cfg, step) -> (loss, {name: value} of extra terms to log per epoch).
+LossFn = Callable[[SegModel, "TrainConfig", Step], tuple[torch.Tensor, dict[str, float]]]
+
+
+def segmentation_loss(logits: torch.Tensor, step: Step, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy (class-weighted by ``class_weight_power``) plus ``lovasz_weight`` x Lovasz-softmax."""
+    loss = F.cross_entropy(logits, step.label, weight=step.class_weight, ignore_index=-1)
+    if cfg.lovasz_weight > 0:
+        loss = loss + cfg.lovasz_weight * lovasz_softmax(logits, step.label)
+    return loss
+
+
+def recipe_loss(model: SegModel, cfg: TrainConfig, step: Step) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of the ``source``, ``joint-kd`` and ``joint-mae`` recipes: segmentation, plus distillation of
+    the lifted teacher features (``kd_weight``), plus reconstruction of masked blocks (``mae_weight``; the
+    reconstruction branch sees the masked input, segmentation the full one)."""
+    heads = ("seg",) + (("kd",) if cfg.kd_weight > 0 else ())
+    out = model(step.batch, heads)
+    loss = segmentation_loss(out["seg"], step, cfg)
+    terms = {}
+    if cfg.kd_weight > 0:
+        kd = distill_loss(out["kd"], step.teacher[0], step.teacher[1], cfg.kd_loss)
+        loss, terms["kd"] = loss + cfg.kd_weight * kd, float(kd)
+    if cfg.mae_weight > 0:
+        mask = block_mask(step.batch, cfg.mae_ratio, cfg.mae_cell, step.gen)
+        rec = reconstruction_loss(model(masked_input(step.batch, mask), ("mae",))["mae"], step.batch, mask)
+        loss, terms["mae"] = loss + cfg.mae_weight * rec, float(rec)
+    return loss, terms
+
+
+def uses_teacher(cfg: TrainConfig) -> bool:
+    return cfg.kd_weight > 0 or getattr(cfg, "seg2d_weight", 0) > 0
+
+
 def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scenes: list[Scene], seed: int,
-          device, teacher_fn: TeacherFn | None = None, desc: str = "train") -> dict:
-    """Train ``model`` in place; returns a summary (seconds, final val mIoU, losses)."""
+          device, teacher_fn: TeacherFn | None = None, desc: str = "train", loss_fn: LossFn = recipe_loss,
+          epoch_callback: Callable[[int, SegModel], None] | None = None) -> dict:
+    """Train ``model`` in place with ``loss_fn`` (the recipe's loss hook; every recipe shares this loop: data
+    order, augmentation, AdamW with a one-cycle schedule, gradient clipping); returns a summary (seconds,
+    final validation mIoU, per-epoch history of the loss, its extra terms and the validation mIoU).
+    ``epoch_callback(epoch, model)`` runs after each epoch (learning curves)."""
+    if uses_teacher(cfg) and teacher_fn is None:
+        raise BenchError(f"{desc}: this recipe trains on lifted teacher features; the cell must name a teacher")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     features = model.spec.features
     feats = [scene_features(s, features) for s in train_scenes]
     targets = ([teacher_fn(s) for s in track(train_scenes, f"{desc}: teacher features")]
-               if cfg.kd_weight > 0 else None)
+               if uses_teacher(cfg) else None)
+    cw = (class_weights([s.label for s in train_scenes], NUM_CLASSES, cfg.class_weight_power).to(device)
+          if cfg.class_weight_power > 0 else None)
     steps_per_epoch = max(1, math.ceil(len(train_scenes) / cfg.scenes_per_step))
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    heads = ("seg",) + (("kd",) if cfg.kd_weight > 0 else ()) + (("mae",) if cfg.mae_weight > 0 else ())
     t0, history = time.perf_counter(), []
     with progress() as bar:
         task = bar.add_task(desc, total=total, info="")
         for epoch in range(cfg.epochs):
             model.train()
             order = rng.permutation(len(train_scenes))
-            losses = []
+            losses, terms = [], defaultdict(list)
             for i in range(steps_per_epoch):
                 idx = order[i * cfg.scenes_per_step:(i + 1) * cfg.scenes_per_step]
                 if len(idx) == 0:
@@ -161,33 +220,34 @@ def train(model: SegModel, cfg: TrainConfig, train_scenes: list[Scene], val_scen
                     batch = make_batch(chosen, features, [a[0] for a in aug], [a[1] for a in aug])
                 else:
                     batch = make_batch(chosen, features, feats=[feats[j] for j in idx])
-                batch = batch.to(device)
                 label = torch.from_numpy(np.concatenate([s.label for s in chosen])).to(device)
-                loss = _step_loss(model, batch, label, cfg, heads, targets, idx, gen, device)
+                teacher = None
+                if targets is not None:
+                    teacher = (torch.from_numpy(np.concatenate([targets[j][0] for j in idx])).float().to(device),
+                               torch.from_numpy(np.concatenate([targets[j][1] for j in idx])).to(device))
+                step = Step(batch.to(device), label, idx, teacher, gen, cw)
+                loss, extra = loss_fn(model, cfg, step)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
                 losses.append(loss.item())
+                for k, v in extra.items():
+                    terms[k].append(v)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.3f}")
-            val = evaluate(model, val_scenes, device) if val_scenes else float("nan")
-            history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_miou": val})
-            log.info("%s epoch %d/%d loss %.4f val mIoU %.4f", desc, epoch + 1, cfg.epochs, np.mean(losses), val)
+            entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                     **{f"loss_{k}": float(np.mean(v)) for k, v in terms.items()}}
+            if val_scenes:
+                entry["val_miou"] = evaluate(model, val_scenes, device)
+                log.info("%s epoch %d/%d loss %.4f val mIoU %.4f", desc, epoch + 1, cfg.epochs, entry["loss"],
+                         entry["val_miou"])
+            else:
+                log.info("%s epoch %d/%d loss %.4f", desc, epoch + 1, cfg.epochs, entry["loss"])
+            history.append(entry)
+            if epoch_callback is not None:
+                epoch_callback(epoch + 1, model)
+                model.train()
     model.eval()
-    return {"train_seconds": time.perf_counter() - t0, "val_miou": history[-1]["val_miou"],
+    return {"train_seconds": time.perf_counter() - t0, "val_miou": history[-1].get("val_miou", float("nan")),
             "final_loss": history[-1]["loss"], "history": history}
-
-
-def _step_loss(model, batch: PointBatch, label, cfg: TrainConfig, heads, targets, idx, gen, device):
-    out = model(batch, tuple(h for h in heads if h != "mae"))
-    loss = F.cross_entropy(out["seg"], label, ignore_index=-1)
-    if cfg.kd_weight > 0:
-        t = torch.from_numpy(np.concatenate([targets[j][0] for j in idx])).float().to(device)
-        m = torch.from_numpy(np.concatenate([targets[j][1] for j in idx])).to(device)
-        loss = loss + cfg.kd_weight * distill_loss(out["kd"], t, m, cfg.kd_loss)
-    if cfg.mae_weight > 0:  # the reconstruction branch sees the masked input, segmentation the full one
-        mask = block_mask(batch, cfg.mae_ratio, cfg.mae_cell, gen)
-        rec = model(masked_input(batch, mask), ("mae",))["mae"]
-        loss = loss + cfg.mae_weight * reconstruction_loss(rec, batch, mask)
-    return loss

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,select,report,compare,show,profile}``."""
+"""Command line: ``python -m bench {list,run,select,report,compare,show,world,zoo,profile}``."""
 
 from __future__ import annotations
 
@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--split", default="test", choices=["train", "val", "test"])
     w.add_argument("--seed", type=int, default=0, help="world seed")
 
+    z = sub.add_parser("zoo", help="the shipped reference source models: list, verify, train")
+    from bench.zoo import add_arguments as zoo_arguments
+
+    zoo_arguments(z)
+
     p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
     from bench.profile import add_arguments
 
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
         set_cache_dir(args.cache_dir)
         return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
-                "show": cmd_show, "profile": cmd_profile, "world": cmd_world}[args.cmd](args)
+                "show": cmd_show, "profile": cmd_profile, "world": cmd_world, "zoo": cmd_zoo}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
@@ -293,6 +298,12 @@ def cmd_world(args) -> int:
     for p in paths:
         console.print(f"wrote {p}", markup=False)
     return 0
+
+
+def cmd_zoo(args) -> int:
+    from bench.zoo import cmd
+
+    return cmd(args, console)
 
 
 def cmd_profile(args) -> int:

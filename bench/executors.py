@@ -209,8 +209,8 @@ class Executor:
         if "error" in result:
             activity.finish(m.job, f"training failed: {result['error']}")
             return False
-        note = (f"trained in {result['train_seconds']:.1f} s" if result["cache"] != "hit"
-                else "found in the checkpoint cache")
+        note = {"hit": "found in the checkpoint cache", "zoo": "a shipped reference model"}.get(
+            result["cache"], f"trained in {result['train_seconds']:.1f} s")
         activity.finish(m.job, note + (f" on node {result['node'][:8]}" if result.get("node") else ""))
         return True
 

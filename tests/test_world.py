@@ -1,4 +1,4 @@
-"""The synthetic world v4: domains as parameter sets, room types, styles, synth-val, inline grid domains,
+"""The synthetic world v5: domains as parameter sets, room types, styles, synth-val, inline grid domains,
 and the ``bench world`` statistics (tiny scene counts; no timing or mIoU asserts)."""
 
 from __future__ import annotations
@@ -109,6 +109,88 @@ def test_s3dis_relabels_cabinets_as_clutter():
         labels |= set(build_room(dom, np.random.default_rng(i)).boxes.label)
     assert CLASS_ID["cabinet"] not in labels and CLASS_ID["clutter"] in labels
     assert CLASS_ID["cabinet"] not in DOMAINS["synth-s3dis"].classes
+
+
+def _wall_items(dom_name: str, cls: str, n: int = 12):
+    """Boxes of class ``cls`` from ``n`` rooms of a domain, with each room's size (lx, ly)."""
+    from bench.data.classes import CLASS_ID
+
+    out = []
+    for i in range(n):
+        room = build_room(DOMAINS[dom_name], np.random.default_rng(100 + i))
+        lab = np.array(room.boxes.label)
+        centers, halves = np.array(room.boxes.center), np.array(room.boxes.half)
+        emit = np.array(room.boxes.emit)
+        sel = lab == CLASS_ID[cls]
+        out.append((room, centers[sel], halves[sel], emit[sel]))
+    return out
+
+
+def _depth_behind_wall(room, c):
+    """How far behind the nearest wall's inner surface a point (x, y) lies (> 0: inside the wall)."""
+    return max(-c[0], -c[1], c[0] - room.lx, c[1] - room.ly)
+
+
+def test_windows_are_recessed_glass_with_reveals_and_sills():
+    """A window is an opening in the wall: its glass sits behind the wall's surface and is lit by daylight (emission),
+    jambs line the opening and a sill stands out of the wall; the wall itself is split around the opening."""
+    rooms = [r for r in _wall_items("synth-scannet", "window") if len(r[1])]
+    assert rooms, "no window in 12 rooms"
+    for room, c, h, emit in rooms:
+        glass = c[emit > 0]
+        assert len(glass) >= 1
+        assert all(0.05 < _depth_behind_wall(room, g) < 0.2 for g in glass)  # recessed into the 0.2 m wall
+        # the sill stands out into the room (a box's local y is the wall's normal: its front face is depth - half y)
+        assert any(_depth_behind_wall(room, x) - hx[1] < -0.02 for x, hx in zip(c, h))
+        assert sum(len(v) for v in room.openings.values()) >= 1
+
+
+def test_doors_stand_in_framed_doorways_and_some_are_open():
+    """Doors: casings proud of the wall, jambs through its depth, the leaf closed in the doorway or swung into the
+    room (the domain's door_open share), a handle; the floor in front of a door is kept free for the swing."""
+    from bench.data.synth.room import WALL
+
+    opened = closed = 0
+    for room, c, h, _ in _wall_items("synth-matterport", "door", 20):
+        if not len(c):
+            continue
+        depths = np.array([_depth_behind_wall(room, x) for x in c])
+        assert (depths > 0.02).any() and (depths <= WALL + 0.01).all()  # jambs in the wall's depth, none beyond it
+        leaves = h.max(1) > 0.8  # the leaf: a box as high as the door
+        # an open leaf stands well inside the room, a closed one inside the doorway
+        if (depths[leaves] < -0.15).any():
+            opened += 1
+        else:
+            closed += 1
+    assert opened and closed
+
+
+def test_every_labelled_class_occurs_in_each_test_domain():
+    """Each class a test domain labels occurs in its scenes (synth-s3dis has sofas, as S3DIS does); shares are
+    printed by `bench world`, not asserted."""
+    from bench.data.classes import CLASSES
+
+    for name in TEST_DOMAINS:
+        dom = DOMAINS[name]
+        seen = set()
+        for i in range(40):
+            room = build_room(dom, np.random.default_rng(1000 + i))
+            seen |= {int(x) for x in room.boxes.label if x >= 0}
+        missing = {CLASSES[c] for c in dom.classes} - {CLASSES[c] for c in seen}
+        assert not missing, f"{name}: no {sorted(missing)} in 40 rooms"
+
+
+def test_counts_scale_item_kinds_and_are_checked():
+    base = with_overrides(DOMAINS["synth-s3dis"], {"rooms": {"office": 1.0}})
+    more = with_overrides(base, {"counts": {"chair": 2.0}})
+    none = with_overrides(base, {"counts": {"chair": 0.0}})
+    n = lambda d: sum(c == "chair" for i in range(6)  # noqa: E731
+                      for c, _ in build_room(d, np.random.default_rng(i)).styles)
+    assert n(none) == 0 < n(base) < n(more)
+    with pytest.raises(BenchError, match="counts has unknown item kind"):
+        with_overrides(base, {"counts": {"chairs": 2.0}})
+    with pytest.raises(BenchError, match="door_open"):
+        with_overrides(base, {"door_open": 1.5})
 
 
 def _grid(tmp_path, body: str):

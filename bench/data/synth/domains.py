@@ -55,7 +55,7 @@ from bench.data.classes import CLASS_ID, CLASSES, NUM_CLASSES
 from bench.errors import BenchError
 
 C = CLASS_ID
-WORLD_VERSION = 4  # bump when the generator or a built-in domain changes: cache keys and scene seeds use it
+WORLD_VERSION = 5  # bump when the generator or a built-in domain changes: cache keys and scene seeds use it
 
 ROOM_TYPES: tuple[str, ...] = (
     "bedroom", "living_room", "kitchen", "bathroom", "office", "conference_room", "hallway", "storage", "lobby",
@@ -86,6 +86,7 @@ class Light:
     lamp: tuple[float, float] = (0.6, 0.9)
     falloff: float = 0.2
     texture: float = 0.1
+    daylight: tuple[float, float] = (0.8, 1.4)  # brightness of window glass (daylight; > 1 saturates the camera)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,8 @@ class Domain:
     size_scale: tuple[float, float] = (0.9, 1.1)  # furniture proportions
     room_scale: tuple[float, float] = (0.95, 1.05)  # room floor-plan scale
     clutter_scale: float = 1.0  # multiplies every room type's number of small objects
+    door_open: float = 0.5  # probability that a door is open (swung into the room) rather than closed
+    counts: dict[str, float] = field(default_factory=dict)  # item kind -> multiplier of its count in every room type
     labels: tuple[str, ...] = CLASSES  # classes this domain labels (others become ignore)
     relabel: dict[str, str] = field(default_factory=dict)  # annotation convention, e.g. S3DIS: cabinet -> clutter
     seed: int = 0  # the domain's own seed: another value gives other scenes of the same parameters
@@ -141,7 +144,8 @@ _PALETTE_COMMON = {
     "cabinet": (0.09, 0.04, 0.45, 0.60),
     "bookshelf": (0.07, 0.03, 0.55, 0.45),
     "door": (0.08, 0.03, 0.50, 0.60),
-    "window": (0.55, 0.05, 0.25, 0.90),
+    "window": (0.56, 0.06, 0.15, 0.95),  # glass: the daylit sky and outdoors, bright and nearly colourless
+    "window_frame": (0.10, 0.05, 0.06, 0.92),  # window frames, reveals, sills and some door casings: painted
     "clutter": (0.00, 0.50, 0.60, 0.70),
     "other": (0.30, 0.50, 0.40, 0.60),
 }
@@ -155,6 +159,15 @@ _MATTERPORT_ROOMS = {"bedroom": 0.24, "bathroom": 0.20, "hallway": 0.14, "living
                      "storage": 0.08, "lobby": 0.05, "office": 0.05}
 _VAL_ROOMS = {"bedroom": 0.12, "living_room": 0.12, "kitchen": 0.10, "bathroom": 0.10, "office": 0.22,
               "conference_room": 0.10, "hallway": 0.10, "storage": 0.07, "lobby": 0.07}
+
+# Per-domain densities of item kinds (multipliers of the room types' counts), calibrated so that each
+# domain's class shares of labelled points approach the real dataset's (``real_stats.shared_class_shares``;
+# ``python -m bench world`` prints both and their total-variation distance). Matterport3D's shares are
+# unpublished; its homes take ScanNet-20's as a proxy, as ``bench world`` does.
+_SCANNET_COUNTS = {"chair": 2.0, "table": 2.0, "sofa": 1.2, "bookshelf": 0.9, "cabinet": 0.6, "door": 0.6,
+                   "window": 1.6}
+_S3DIS_COUNTS = {"chair": 2.0, "table": 3.0, "sofa": 0.4, "bookshelf": 1.6, "door": 0.9, "window": 3.5, "clutter": 4.0}
+_MATTERPORT_COUNTS = {"chair": 2.0, "table": 2.5, "sofa": 1.5, "cabinet": 0.8, "door": 0.7, "window": 1.5}
 
 DOMAINS: dict[str, Domain] = {
     "synth-scannet": Domain(
@@ -172,8 +185,8 @@ DOMAINS: dict[str, Domain] = {
         palette=Palette(sat_scale=1.0, colors={**_PALETTE_COMMON, "wall": (0.11, 0.06, 0.18, 0.80),
                                                "floor": (0.07, 0.03, 0.55, 0.45),
                                                "chair": (0.02, 0.40, 0.65, 0.55), "sofa": (0.60, 0.20, 0.60, 0.45)}),
-        ceiling=False, size_scale=(0.85, 1.05), room_scale=(0.9, 1.0), clutter_scale=1.0,
-        labels=tuple(c for c in CLASSES if c != "ceiling"),
+        ceiling=False, size_scale=(0.85, 1.05), room_scale=(1.0, 1.2), clutter_scale=1.0, door_open=0.6,
+        counts=_SCANNET_COUNTS, labels=tuple(c for c in CLASSES if c != "ceiling"),
     ),
     "synth-s3dis": Domain(
         name="synth-s3dis", rooms=_S3DIS_ROOMS,
@@ -189,7 +202,8 @@ DOMAINS: dict[str, Domain] = {
         palette=Palette(sat_scale=0.45, colors={**_PALETTE_COMMON, "wall": (0.60, 0.03, 0.05, 0.70),
                                                 "floor": (0.60, 0.03, 0.10, 0.40),
                                                 "chair": (0.62, 0.10, 0.25, 0.30), "table": (0.10, 0.02, 0.15, 0.70)}),
-        ceiling=True, size_scale=(1.0, 1.2), room_scale=(1.0, 1.15), clutter_scale=4.0,
+        ceiling=True, size_scale=(1.0, 1.2), room_scale=(1.0, 1.15), clutter_scale=4.0, door_open=0.4,
+        counts=_S3DIS_COUNTS,
         labels=tuple(c for c in CLASSES if c not in ("bed", "cabinet")), relabel={"cabinet": "clutter"},
     ),
     "synth-matterport": Domain(
@@ -206,7 +220,8 @@ DOMAINS: dict[str, Domain] = {
         palette=Palette(sat_scale=1.25, colors={**_PALETTE_COMMON, "wall": (0.30, 0.25, 0.25, 0.75),
                                                 "sofa": (0.35, 0.45, 0.55, 0.45),
                                                 "bed": (0.85, 0.35, 0.45, 0.75), "cabinet": (0.05, 0.30, 0.55, 0.35)}),
-        ceiling=True, size_scale=(0.9, 1.15), room_scale=(0.95, 1.1), clutter_scale=0.8,
+        ceiling=True, size_scale=(0.9, 1.15), room_scale=(0.95, 1.1), clutter_scale=0.8, door_open=0.6,
+        counts=_MATTERPORT_COUNTS,
     ),
     "synth-val": Domain(
         name="synth-val", rooms=_VAL_ROOMS,
@@ -342,12 +357,13 @@ def check_domain(dom: Domain) -> None:
     bad = sorted((set(dom.relabel) | set(dom.relabel.values())) - set(CLASSES))
     if bad:
         raise BenchError(f"{where}: unknown class(es) {bad} in relabel; valid: {', '.join(CLASSES)}")
-    bad = sorted(set(dom.palette.colors) - set(CLASSES) - {"other"})
+    bad = sorted(set(dom.palette.colors) - set(CLASSES) - {"other", "window_frame"})
     if bad:
-        raise BenchError(f"{where}: palette.colors has unknown class(es) {bad}; valid: {', '.join(CLASSES)}, other")
+        raise BenchError(f"{where}: palette.colors has unknown class(es) {bad}; valid: {', '.join(CLASSES)}, "
+                         "window_frame, other")
     for key, (lo, hi) in (("size_scale", dom.size_scale), ("room_scale", dom.room_scale),
                           ("lighting.kelvin", dom.lighting.kelvin), ("lighting.ambient", dom.lighting.ambient),
-                          ("lighting.lamp", dom.lighting.lamp)):
+                          ("lighting.lamp", dom.lighting.lamp), ("lighting.daylight", dom.lighting.daylight)):
         if not 0 < lo <= hi:
             raise BenchError(f"{where}: {key} = [{lo}, {hi}] must be an increasing pair of positive numbers")
     s = dom.sensor
@@ -358,6 +374,15 @@ def check_domain(dom: Domain) -> None:
             raise BenchError(f"{where}: sensor.{key} = {getattr(s, key)} must be >= 0")
     if not 0 <= s.hole_rate < 1 or not 0 <= s.glass_depth <= 1:
         raise BenchError(f"{where}: sensor.hole_rate must be in [0, 1) and sensor.glass_depth in [0, 1]")
+    from bench.data.synth.room import ITEM_KINDS
+
+    bad = sorted(set(dom.counts) - set(ITEM_KINDS))
+    if bad:
+        raise BenchError(f"{where}: counts has unknown item kind(s) {bad}; valid: {', '.join(ITEM_KINDS)}")
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0 for v in dom.counts.values()):
+        raise BenchError(f"{where}: counts = {dom.counts} must map item kinds to multipliers >= 0")
+    if not 0 <= dom.door_open <= 1:
+        raise BenchError(f"{where}: door_open = {dom.door_open} must be a probability in [0, 1]")
     if dom.clutter_scale < 0:
         raise BenchError(f"{where}: clutter_scale = {dom.clutter_scale} must be >= 0")
     assert NUM_CLASSES == len(CLASSES)

@@ -84,13 +84,17 @@ class Lighting:
 
 
 def shade(points, normals, box_idx, boxes, light: Lighting) -> torch.Tensor:
-    """Colour of surface points: textured albedo x (ambient + lamp diffuse with fall-off) x tint."""
+    """Colour of surface points: textured albedo x (ambient + lamp diffuse with fall-off) x tint; a box with
+    emission > 0 (window glass) takes that brightness instead of the room's lighting."""
     albedo, texfreq = boxes[4][box_idx], boxes[5][box_idx]
     lamp = torch.tensor(light.lamp_pos, dtype=torch.float32)
     to_l = lamp[None] - points
     dist = to_l.norm(dim=1, keepdim=True).clamp_min(1e-3)
     diffuse = (normals * to_l / dist).sum(1, keepdim=True).clamp_min(0.0)
     inten = light.ambient + light.lamp * diffuse / (1.0 + light.falloff * dist ** 2)
+    if len(boxes) > 6:  # glass: lit from outside by daylight, whatever the lamp does
+        emit = boxes[6][box_idx][:, None]
+        inten = torch.where(emit > 0, emit, inten)
     f = texfreq[:, None]
     tex = 1.0 + light.texture * (torch.sin(f * points[:, :1] * 6.0) * torch.sin(f * points[:, 1:2] * 5.0 + 1.0)
                                  + 0.5 * torch.sin(f * points[:, 2:3] * 7.0))

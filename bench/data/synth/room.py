@@ -25,7 +25,7 @@ from bench.data.synth.domains import C, Domain
 
 @dataclass
 class Boxes:
-    """Oriented boxes (rotated about z): centre, half extent, yaw, label, albedo, texture frequency."""
+    """Oriented boxes (rotated about z): centre, half extent, yaw, label, albedo, texture frequency, emission."""
 
     center: list = field(default_factory=list)
     half: list = field(default_factory=list)
@@ -33,8 +33,10 @@ class Boxes:
     label: list = field(default_factory=list)
     albedo: list = field(default_factory=list)
     texfreq: list = field(default_factory=list)
+    emit: list = field(default_factory=list)  # > 0: a light-transmitting surface (window glass) of this brightness
 
-    def add(self, center, half, yaw, label, albedo, texfreq=4.0):
+    def add(self, center, half, yaw, label, albedo, texfreq=4.0, emit=0.0):
+        self.emit.append(emit)
         self.center.append(center)
         self.half.append(half)
         self.yaw.append(yaw)
@@ -48,7 +50,8 @@ class Boxes:
                 torch.tensor(np.array(self.yaw), dtype=torch.float32),
                 torch.tensor(np.array(self.label), dtype=torch.int64),
                 torch.tensor(np.array(self.albedo), dtype=torch.float32),
-                torch.tensor(np.array(self.texfreq), dtype=torch.float32))
+                torch.tensor(np.array(self.texfreq), dtype=torch.float32),
+                torch.tensor(np.array(self.emit), dtype=torch.float32))
 
 
 # ------------------------------------------------------------------------------------ room types
@@ -86,7 +89,7 @@ ROOM_TYPES: dict[str, RoomType] = {
                          {"cabinet": ("low", "tall")}),
     "office": RoomType((3.0, 5.0), (2.8, 4.4), (2.6, 3.0),
                        {"table": (2, 4), "chair": (4, 8), "cabinet": (1, 3), "bookshelf": (1, 2), "door": (1, 2),
-                        "window": (0, 2), "clutter": (6, 12), "board": (0, 1), "picture": (0, 1)},
+                        "window": (0, 2), "clutter": (6, 12), "board": (0, 1), "picture": (0, 1), "sofa": (0, 1)},
                        {"table": ("desk", "rect"), "cabinet": ("file", "low", "tall"),
                         "chair": ("swivel", "sled", "four_leg")}, table_wall=0.75, chairs_at_tables=0.9),
     "conference_room": RoomType((4.5, 7.0), (3.5, 5.2), (2.7, 3.1),
@@ -110,6 +113,10 @@ ROOM_TYPES: dict[str, RoomType] = {
                       table_wall=0.0, chairs_at_tables=0.5),
 }
 assert tuple(ROOM_TYPES) == ROOM_TYPE_NAMES
+
+# every kind of item a room type may hold (a domain's ``counts`` scales them)
+ITEM_KINDS: tuple[str, ...] = ("bed", "sofa", "bookshelf", "cabinet", "table", "chair", "door", "window", "clutter",
+                               "fixture", "appliance", "board", "picture")
 
 # every furniture class's shape families (the first is the fallback when a domain gives no weight)
 STYLES: dict[str, tuple[str, ...]] = {
@@ -142,6 +149,7 @@ def _color(rng, dom: Domain, cls: str) -> np.ndarray:
 
 
 Part = tuple  # (centre, half, part key, yaw offset); part key: main | alt | book | ignore
+WALL = 0.2  # wall thickness (metres): windows and doors sit in its depth
 
 
 def _legs(parts, w, d, h, leg, inset=0.0):
@@ -355,14 +363,13 @@ class _Room:
         self.tables: list[tuple[float, float, float, float]] = []  # x, y, half x, half y (axis-aligned)
         self.styles: list[tuple[str, str]] = []  # (class, style) of every placed object
         self.scale = rng.uniform(*dom.size_scale)
-        t = 0.1
-        wall_c = _color(rng, dom, "wall")
+        t = WALL / 2
+        self.wall_color = _color(rng, dom, "wall")
+        self.daylight = float(rng.uniform(*dom.lighting.daylight))  # brightness of window glass (time of day)
+        self.openings: dict[int, list[tuple[float, float, float, float]]] = {0: [], 1: [], 2: [], 3: []}
         lx, ly, h = self.lx, self.ly, self.h
         self.boxes.add((lx / 2, ly / 2, -t), (lx / 2 + t, ly / 2 + t, t), 0.0, C["floor"],
                        _color(rng, dom, "floor"), rng.uniform(3, 8))
-        for c, hf in (((lx / 2, -t, h / 2), (lx / 2 + t, t, h / 2)), ((lx / 2, ly + t, h / 2), (lx / 2 + t, t, h / 2)),
-                      ((-t, ly / 2, h / 2), (t, ly / 2 + t, h / 2)), ((lx + t, ly / 2, h / 2), (t, ly / 2 + t, h / 2))):
-            self.boxes.add(c, hf, 0.0, C["wall"], wall_c * rng.uniform(0.95, 1.05), 1.0)
         if dom.ceiling:
             self.boxes.add((lx / 2, ly / 2, h + t), (lx / 2 + t, ly / 2 + t, t), 0.0, C["ceiling"],
                            _color(rng, dom, "ceiling"), 1.0)
@@ -453,11 +460,41 @@ class _Room:
             self.boxes.add((x + c * px - s * py, y + s * px + c * py, z + pz), half, yaw + dyaw, lab, col,
                            rng.uniform(2, 10))
 
+    def _wall_frame(self, side: int, u: float, z: float, depth: float):
+        """Room coordinates and the yaw of a point ``u`` along wall ``side``, at height ``z``, ``depth`` metres
+        in front of the wall's inner surface (negative: inside the wall)."""
+        if side == 0:
+            return (u, depth, z), 0.0
+        if side == 1:
+            return (u, self.ly - depth, z), math.pi
+        if side == 2:
+            return (depth, u, z), -math.pi / 2
+        return (self.lx - depth, u, z), math.pi / 2
+
+    def _wall_box(self, side: int, u: float, z: float, depth: float, half_u: float, half_d: float, half_z: float,
+                  yaw: float, label: int, color, texfreq: float) -> None:
+        """A box in wall ``side``'s frame: centred ``u`` along the wall, ``depth`` in front of its surface."""
+        c, wyaw = self._wall_frame(side, u, z, depth)
+        mirrored = side in (1, 2)  # these walls' (u, depth) frames are mirror images of the room's (x, y)
+        self.boxes.add(c, (half_u, half_d, half_z), wyaw + (-yaw if mirrored else yaw), label, color, texfreq)
+
+    def _free_opening(self, side: int, u0: float, u1: float) -> bool:
+        return all(u1 + 0.1 <= a or u0 - 0.1 >= b for a, b, _, _ in self.openings[side])
+
     def wall_item(self, cls: str) -> bool:
-        """Doors, windows, boards and pictures: thin boxes standing slightly out of a wall."""
-        rng = self.rng
+        """Doors and windows: openings cut into a wall (the wall is built around them by ``finish_walls``),
+        framed as in real rooms; boards and pictures: thin boxes standing slightly out of a wall.
+
+        A window is a recess: the glass sits ``recess`` metres behind the wall's surface (real windows sit in
+        the wall's depth; glass returns depth only where the sensor's ``glass_depth`` says so), the reveal
+        (jambs and head) lines the opening and a sill stands out below it; all of it is labelled window, as
+        ScanNet's and S3DIS' annotators label the window's frame with it. A door stands in a doorway: a casing
+        a few centimetres proud of the wall around it, and a leaf that is either closed in the doorway or
+        open, swung into the room about its hinge, with a handle; all labelled door. The floor in front of a
+        door is kept free for the leaf's swing."""
+        rng, dom = self.rng, self.dom
         if cls == "door":
-            w, h, z0 = rng.uniform(0.42, 0.55), rng.uniform(1.0, 1.07), 0.0
+            w, h, z0 = rng.uniform(0.42, 0.52), rng.uniform(1.0, 1.07), 0.0
         elif cls == "window":
             w, h, z0 = rng.uniform(0.4, 0.9), rng.uniform(0.5, 0.75), rng.uniform(0.75, 1.0)
         elif cls == "board":  # whiteboard: no shared class (S3DIS' board is outside the benchmark classes)
@@ -466,26 +503,104 @@ class _Room:
             w, h, z0 = rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.3), rng.uniform(1.2, 1.6)
         side = int(rng.integers(4))
         length = self.lx if side < 2 else self.ly
-        if length < 2 * w + 0.2:
+        if length < 2 * w + 0.5:
             return False
-        u = rng.uniform(w + 0.05, length - w - 0.05)
-        d = 0.03 if cls != "door" else 0.05
-        zc = z0 + h
-        if side == 0:
-            c, half, fp = (u, d, zc), (w, d, h), (u - w, 0, u + w, 0.3)
-        elif side == 1:
-            c, half, fp = (u, self.ly - d, zc), (w, d, h), (u - w, self.ly - 0.3, u + w, self.ly)
-        elif side == 2:
-            c, half, fp = (d, u, zc), (d, w, h), (0, u - w, 0.3, u + w)
-        else:
-            c, half, fp = (self.lx - d, u, zc), (d, w, h), (self.lx - 0.3, u - w, self.lx, u + w)
+        u = rng.uniform(w + 0.2, length - w - 0.2)
+        if cls in ("board", "picture"):
+            d = 0.015 if cls == "picture" else 0.02
+            self._wall_box(side, u, z0 + h, d, w, d, h, 0.0, IGNORE, _color(rng, dom, "other"), rng.uniform(2, 6))
+            return True
+        if not self._free_opening(side, u - w, u + w):
+            return False
         if cls == "door":
-            if not self.free(*fp, margin=0.3):
+            fp = {0: (u - w, 0, u + w, 2 * w), 1: (u - w, self.ly - 2 * w, u + w, self.ly),
+                  2: (0, u - w, 2 * w, u + w), 3: (self.lx - 2 * w, u - w, self.lx, u + w)}[side]
+            if not self.free(*fp, margin=0.1):
                 return False
             self.occupied.append(fp)
-        label = C[cls] if cls in C else IGNORE
-        self.boxes.add(c, half, 0.0, label, _color(rng, self.dom, cls), rng.uniform(2, 6))
+            self.openings[side].append((u - w, u + w, 0.0, 2 * h))
+            self._door(side, u, w, h)
+        else:
+            if z0 + 2 * h > self.h - 0.2:
+                h = (self.h - 0.2 - z0) / 2
+            self.openings[side].append((u - w, u + w, z0, z0 + 2 * h))
+            self._window(side, u, w, h, z0)
         return True
+
+    def _window(self, side: int, u: float, w: float, h: float, z0: float) -> None:
+        rng, dom = self.rng, self.dom
+        lab = C["window"]
+        frame = _color(rng, dom, "window_frame")
+        glass = _color(rng, dom, "window")
+        recess = rng.uniform(0.06, 0.16)
+        zc = z0 + h
+        c, wyaw = self._wall_frame(side, u, zc, -recess - 0.01)  # the glass, lit by daylight from outside
+        self.boxes.add(c, (w, 0.01, h), wyaw, lab, glass, 1.0, emit=self.daylight)
+        mullions = int(rng.integers(0, 3))  # glazing bars dividing the glass
+        for k in range(mullions):
+            self._wall_box(side, u - w + 2 * w * (k + 1) / (mullions + 1), zc, -recess + 0.005, 0.02, 0.025, h,
+                           0.0, lab, frame, 3.0)
+        ft = 0.03  # reveal lining: jambs and head, from the glass to the wall's surface
+        for su in (-1, 1):
+            self._wall_box(side, u + su * (w - ft / 2), zc, -recess / 2, ft / 2, recess / 2, h, 0.0, lab, frame, 3.0)
+        self._wall_box(side, u, z0 + 2 * h - ft / 2, -recess / 2, w, recess / 2, ft / 2, 0.0, lab, frame, 3.0)
+        out = rng.uniform(0.03, 0.07)  # the sill stands out of the wall below the opening
+        self._wall_box(side, u, z0 - 0.015, (out - recess) / 2, w + 0.05, (out + recess) / 2, 0.015, 0.0, lab,
+                       frame, 3.0)
+
+    def _door(self, side: int, u: float, w: float, h: float) -> None:
+        rng, dom = self.rng, self.dom
+        lab = C["door"]
+        leaf_c = _color(rng, dom, "door")
+        casing_c = leaf_c if rng.random() < 0.5 else _color(rng, dom, "window_frame")
+        proud, cw = rng.uniform(0.015, 0.03), rng.uniform(0.05, 0.09)  # casing: proud of the wall, width
+        for su in (-1, 1):
+            self._wall_box(side, u + su * (w + cw / 2), h + cw / 2, proud / 2, cw / 2, proud / 2 + 0.01, h + cw / 2,
+                           0.0, lab, casing_c, 3.0)
+        self._wall_box(side, u, 2 * h + cw / 2, proud / 2, w + cw, proud / 2 + 0.01, cw / 2, 0.0, lab, casing_c, 3.0)
+        for su in (-1, 1):  # the jambs lining the doorway through the wall's depth
+            self._wall_box(side, u + su * (w - 0.01), h, -WALL / 2, 0.01, WALL / 2, h, 0.0, lab, casing_c, 3.0)
+        self._wall_box(side, u, 2 * h - 0.01, -WALL / 2, w, WALL / 2, 0.01, 0.0, lab, casing_c, 3.0)
+        lt = 0.02  # leaf half thickness
+        hinge = 1 if rng.random() < 0.5 else -1
+        if rng.random() < dom.door_open:  # open: swung into the room about the hinge
+            a = rng.uniform(0.35, 1.75)
+            lw = w - 0.01
+            eu, ed = -hinge * math.cos(a), math.sin(a)  # along the leaf, from the hinge, in the wall's (u, depth)
+            nu, nd = math.sin(a), hinge * math.cos(a)  # the leaf's normal
+            hu = u + hinge * lw
+            cu, cd = hu + eu * lw + nu * lt, ed * lw + abs(nd) * lt + 0.005
+            yaw = -hinge * a
+            self._wall_box(side, cu, h, cd, lw, lt, h - 0.005, yaw, lab, leaf_c, 4.0)
+            for s in (-1, 1):  # handles on both faces, near the free edge
+                pu, pd = cu + eu * 0.75 * lw + s * nu * (lt + 0.03), cd + ed * 0.75 * lw + s * nd * (lt + 0.03)
+                self._wall_box(side, pu, 1.0, pd, 0.06, 0.03, 0.012, yaw, lab, casing_c * 0.7, 3.0)
+        else:  # closed in the doorway, a little behind the wall's surface
+            back = rng.uniform(0.02, 0.06)
+            self._wall_box(side, u, h, -back - lt, w - 0.01, lt, h - 0.005, 0.0, lab, leaf_c, 4.0)
+            self._wall_box(side, u - hinge * 0.8 * w, 1.0, -back + 0.03, 0.06, 0.03, 0.012, 0.0, lab, casing_c * 0.7,
+                           3.0)
+
+    def finish_walls(self) -> None:
+        """The four walls as boxes, each split around its openings (doors, windows): full-height pieces
+        between openings, and pieces below and above each opening."""
+        rng, t = self.rng, WALL / 2
+        for side in range(4):
+            length = self.lx if side < 2 else self.ly
+            color = self.wall_color * rng.uniform(0.95, 1.05)
+            pieces = []
+            cursor = -2 * t  # walls overlap at the corners
+            for u0, u1, z0, z1 in sorted(self.openings[side]):
+                pieces.append((cursor, u0, 0.0, self.h))
+                if z0 > 0:
+                    pieces.append((u0, u1, 0.0, z0))
+                pieces.append((u0, u1, z1, self.h))
+                cursor = u1
+            pieces.append((cursor, length + 2 * t, 0.0, self.h))
+            for a, b, z0, z1 in pieces:
+                if b - a > 1e-3 and z1 - z0 > 1e-3:
+                    self._wall_box(side, (a + b) / 2, (z0 + z1) / 2, -t, (b - a) / 2, t, (z1 - z0) / 2, 0.0,
+                                   C["wall"], color, 1.0)
 
     def clutter(self) -> bool:
         rng = self.rng
@@ -512,6 +627,9 @@ def build_room(dom: Domain, rng: np.random.Generator) -> _Room:
     rt = room.type
     n = {k: int(rng.integers(lo, hi + 1)) for k, (lo, hi) in rt.items.items()}
     n["clutter"] = int(round(n.get("clutter", 0) * dom.clutter_scale))
+    for k, f in dom.counts.items():  # the domain's own density of a kind: a fractional count rounds at random
+        if k in n:
+            n[k] = int(math.floor(n[k] * f + rng.random()))
     for _ in range(n.get("door", 0)):
         room.wall_item("door")
     for kind in ("window", "board", "picture"):
@@ -528,4 +646,5 @@ def build_room(dom: Domain, rng: np.random.Generator) -> _Room:
             room.place("chair", against_wall=False)
     for _ in range(n.get("clutter", 0)):
         room.clutter()
+    room.finish_walls()
     return room

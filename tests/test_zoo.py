@@ -1,0 +1,86 @@
+"""The model zoo: compact storage, the manifest check, the corrupt-file error, lookup by model key, and that the
+shipped zoo covers every model the default grids need."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backbones import zoo
+from backbones.model import ModelSpec, build_model
+from bench.errors import BenchError
+
+
+def small_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return build_model(ModelSpec(backbone="spunet", backbone_cfg={"channels": [16, 24]})).state_dict()
+
+
+def test_pack_is_compact_and_close():
+    state = small_state()
+    back = zoo.round_trip(state)
+    assert back.keys() == state.keys()
+    for k, v in state.items():
+        assert back[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype)
+        if v.is_floating_point() and v.numel():
+            # int8 per output channel: error at most half a quantisation step of the channel's range
+            rows = v.reshape(v.shape[0], -1) if v.dim() >= 2 else v.reshape(1, -1)
+            step = rows.abs().amax(1, keepdim=True) / 127 if v.numel() >= zoo.QUANT_MIN and v.dim() >= 2 else None
+            err = (back[k] - v).reshape(rows.shape).abs()
+            if step is not None:
+                assert (err <= step * 0.5 + 1e-3 * step + 1e-8).all(), k
+            else:
+                assert torch.allclose(back[k], v, rtol=1e-3, atol=1e-4), k
+        else:
+            assert torch.equal(back[k], v)
+    # packing a packed model changes nothing (the stored values are the reference model)
+    again = zoo.round_trip(back)
+    for k in back:
+        assert torch.allclose(again[k], back[k], rtol=0, atol=1e-6), k
+
+
+def _write_zoo(root, key="k" * 24, state=None):
+    root.mkdir(parents=True, exist_ok=True)
+    f = root / f"{key}.pt"
+    zoo.write_model(f, key, state or small_state())
+    manifest = {"format": zoo.FORMAT, "models": {key: {"file": f.name, "sha256": zoo.sha256(f),
+                                                      "bytes": f.stat().st_size}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    zoo.clear_cache()
+    return key, f
+
+
+def test_verify_passes_then_names_corrupt_and_missing_files(tmp_path):
+    key, f = _write_zoo(tmp_path)
+    assert zoo.verify(tmp_path) == []
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    zoo.clear_cache()
+    problems = zoo.verify(tmp_path)
+    assert len(problems) == 1 and str(f) in problems[0] and "corrupt" in problems[0]
+    assert f"zoo train --only {key} --replace" in problems[0] and "git checkout" in problems[0]
+    with pytest.raises(BenchError, match="corrupt"):
+        zoo.load_state(zoo.read_manifest(tmp_path)[key], key, tmp_path)
+    f.unlink()
+    zoo.clear_cache()
+    problems = zoo.verify(tmp_path)
+    assert len(problems) == 1 and "missing" in problems[0] and str(f) in problems[0]
+
+
+def test_load_state_returns_the_packed_weights(tmp_path):
+    state = small_state(3)
+    key, _ = _write_zoo(tmp_path, state=state)
+    got = zoo.load_state(zoo.read_manifest(tmp_path)[key], key, tmp_path)
+    want = zoo.round_trip(state)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_unreadable_manifest_is_one_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    zoo.clear_cache()
+    with pytest.raises(BenchError, match="manifest.json.*git checkout"):
+        zoo.read_manifest(tmp_path)
+    zoo.clear_cache()
