@@ -25,7 +25,7 @@ from backbones.registry import BACKBONES
 from bench.data.classes import NUM_CLASSES
 from bench.registry import make_config
 
-MODEL_CODE_VERSION = 1  # bump when a change to backbones/ invalidates trained checkpoints
+MODEL_CODE_VERSION = 2  # bump when a change to backbones/ invalidates trained checkpoints
 
 
 @dataclass

@@ -44,7 +44,7 @@ class TrainConfig(Checked):
         "kd_weight": AT_LEAST_0, "kd_loss": one_of("cosine", "l2"), "mae_weight": AT_LEAST_0, "mae_ratio": UNIT,
         "mae_cell": POSITIVE, "grad_clip": POSITIVE, "class_weight_power": AT_LEAST_0, "lovasz_weight": AT_LEAST_0,
     }
-    epochs: int = 12
+    epochs: int = 20
     lr: float = 0.01
     weight_decay: float = 1e-4
     scenes_per_step: int = 2
@@ -55,8 +55,8 @@ class TrainConfig(Checked):
     mae_cell: float = 0.4
     augment: bool = True
     grad_clip: float = 10.0
-    class_weight_power: float = 0.0  # cross-entropy class weights freq ** -power (0 = unweighted)
-    lovasz_weight: float = 0.0  # weight of the Lovasz-softmax term beside the cross-entropy
+    class_weight_power: float = 0.5  # cross-entropy class weights freq ** -power (0 = unweighted)
+    lovasz_weight: float = 1.0  # weight of the Lovasz-softmax term beside the cross-entropy
 
 
 Trainer = Callable[..., dict]
@@ -169,11 +169,11 @@ def recipe_loss(model: SegModel, cfg: TrainConfig, step: Step) -> tuple[torch.Te
     terms = {}
     if cfg.kd_weight > 0:
         kd = distill_loss(out["kd"], step.teacher[0], step.teacher[1], cfg.kd_loss)
-        loss, terms["kd"] = loss + cfg.kd_weight * kd, float(kd)
+        loss, terms["kd"] = loss + cfg.kd_weight * kd, kd.item()
     if cfg.mae_weight > 0:
         mask = block_mask(step.batch, cfg.mae_ratio, cfg.mae_cell, step.gen)
         rec = reconstruction_loss(model(masked_input(step.batch, mask), ("mae",))["mae"], step.batch, mask)
-        loss, terms["mae"] = loss + cfg.mae_weight * rec, float(rec)
+        loss, terms["mae"] = loss + cfg.mae_weight * rec, rec.item()
     return loss, terms
 
 

@@ -66,7 +66,7 @@ def loss_kd2d(model: SegModel, cfg: JointKD2DConfig, step: Step) -> tuple[torch.
         ce2d = F.cross_entropy(model.forward2d(feat[mask]), step.label[mask], ignore_index=-1)
     else:
         ce2d = loss * 0.0
-    terms["2d"] = float(ce2d)
+    terms["2d"] = ce2d.item()
     return loss + cfg.seg2d_weight * ce2d, terms
 
 

@@ -39,7 +39,7 @@ PREDICT = ("after", "same")  # when the prediction is taken: a separate forward 
 # per-cell settings that a method table may also set (they are not method parameters)
 CELL_SETTINGS = ("views", "lift_tol", "predict", "reset_every")
 DEFAULTS = {"views": "all", "lift_tol": 0.1, "predict": "after", "split": "test", "test_scenes": 8,
-            "train_scenes": 16, "val_scenes": 2, "features": ("color", "normal"), "device": "cpu"}
+            "train_scenes": 96, "val_scenes": 8, "features": ("color", "normal"), "device": "cpu"}
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 ORDERS = ("sequential", "shuffled", "by_class")
 # options of a grid's stream table (besides source and target) and the protocol's defaults

@@ -226,7 +226,11 @@ def run(args: argparse.Namespace) -> dict:
     steps = train(net, imgs, labs, epochs, lr, args.seed)
     seconds = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: t.clone() for k, t in net.state_dict().items()}, out)
+    # stored in half precision (the stored values are the teacher: the report below scores them)
+    half = {k: t.detach().clone().half() if t.is_floating_point() else t.detach().clone()
+            for k, t in net.state_dict().items()}
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in half.items()})
+    torch.save(half, out)
     size = check_size(out, MAX_BYTES)
     scores: dict[str, dict[str, float]] = {"train_domains": {}, "holdout": {}}
     for group, names in (("train_domains", args.domains), ("holdout", args.holdout)):
