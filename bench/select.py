@@ -196,7 +196,7 @@ def apply_selection(sel: Selection | None, method: str, table: dict) -> tuple[di
 
 def hp_columns(cell) -> dict:
     """The provenance columns of a result row: where each searchable or set parameter came from."""
-    hp = (getattr(cell, "identity", None) or {}).get("hp") or {}
+    hp = getattr(cell, "provenance", None) or {}
     chosen = hp.get("selected") or {}
     space = getattr(type(cell.method_cfg), "SEARCH", None) or {}
     sources = {}

@@ -144,7 +144,8 @@ name = "source"
     by = {c.label: c for c in g.cells}
     assert by["TENT"].method_cfg.lr == lr and by["TENT"].method_cfg.steps == 1
     assert by["TENT-0.003"].method_cfg.lr == 0.003  # an explicit grid value wins over the selected one
-    assert Cell.from_dict(by["TENT"].to_dict()).identity["hp"] == by["TENT"].identity["hp"]  # survives workers
+    assert Cell.from_dict(by["TENT"].to_dict()).provenance == by["TENT"].provenance  # survives workers
+    assert by["TENT"].provenance["selected"] == {"lr": lr, "steps": 1}
     run_grid(g, tmp_path / "run")
     rows = ResultsStore(tmp_path / "run").cells().set_index("label")
     assert set(rows["status"]) == {"ok"}
@@ -157,7 +158,7 @@ name = "source"
     assert rows.loc["source", "hp_source"] == "default" and rows.loc["source", "hp_selected_on"] == ""
     # ignoring the file (the --selected flag; a grid's `selected = "none"` does the same)
     c = next(c for c in load_grid(str(grid), Overrides(selected="none")).cells if c.label == "TENT")
-    assert c.method_cfg.lr == METHODS.get("tent").config().lr and "hp" not in c.identity
+    assert c.method_cfg.lr == METHODS.get("tent").config().lr and c.provenance is None
 
 
 def test_selection_refuses_test_splits_and_test_domains(selected, tmp_path):
@@ -204,7 +205,7 @@ def test_which_file_a_grid_uses(tmp_path, monkeypatch):
     monkeypatch.delenv(sel_mod.ENV_VAR, raising=False)
     grid = tmp_path / "g.toml"
     grid.write_text('name = "g"\npairs = ["sel-src->sel-shift"]\n' + COMMON + '[[methods]]\nname = "tent"\n')
-    assert "hp" not in load_grid(str(grid)).cells[0].identity  # no file yet: defaults
+    assert load_grid(str(grid)).cells[0].provenance is None  # no file yet: defaults
     (tmp_path / "selected").mkdir()
     for v, lr in (("v1", 0.01), ("v2", 0.02), ("v10", 0.05)):
         (tmp_path / "selected" / f"{v}.toml").write_text(
