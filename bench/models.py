@@ -28,7 +28,7 @@ def get_model(cell: Cell):
 
     data_spec = cell.training_data()
     ds = dataset_for(cell, data_spec)
-    fc = feature_cache(cell) if cell.recipe_teacher else None
+    fc = feature_cache(cell, training=True) if cell.recipe_teacher else None
     spec = model_spec(cell, fc.teacher.dim if fc else 0)
     key = {**cell.model_identity(), "data_fingerprint": ds.fingerprint(),
            "teacher_key": fc.teacher.cache_key() if fc else None}
@@ -41,7 +41,7 @@ def get_model(cell: Cell):
         scenes = [load_scene(ds, n, fc is not None) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
-        return train(model, scenes, val, cell.seed, cell.device, teacher_fn,
+        return train(model, scenes, val, cell.model_seed, cell.device, teacher_fn,
                      desc=f"train {spec.backbone}/{cell.recipe} on {data_spec}")
 
     return get_or_train(key, spec, train_fn, cell.device, name=cell.model_key())
