@@ -5,12 +5,12 @@ A grid lists axes: ``backbones``, ``teachers``, ``methods`` (each a table with `
 ``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds`` (test
 streams of disjoint scenes over one model, and the adaptation's randomness; default [0]),
 ``model_seeds`` (the source models' training seeds; default [0], the seed of the shipped reference
-models; more give model variance), ``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``, ``features``, ``views``, ``lift_tol``,
-``predict``, ``[data_options.DATASET]``, ``[domains.NAME]`` (a synthetic domain defined inline: ``base``
-= a built-in domain plus parameter overrides, see ``bench.data.synth.domains``), a ``[train]`` table of
-recipe settings, and ``selected``: which file of selected hyper-parameters fills the method parameters
-the grid does not set ("latest" by default, "none", "vN" or a path; ``bench.select``). A ``[select]``
-table makes a selection grid.
+models; more give model variance), ``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``,
+``features``, ``views``, ``lift_tol``, ``predict``, ``[data_options.DATASET]``, ``[domains.NAME]`` (a
+synthetic domain defined inline: ``base`` = a built-in domain plus parameter overrides, see
+``bench.data.synth.domains``), a ``[train]`` table of recipe settings, and ``selected``: which file of
+selected hyper-parameters fills the method parameters the grid does not set ("latest" by default,
+"none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's

@@ -173,8 +173,9 @@ name = "source"
 def test_a_dataset_with_too_few_scenes_for_disjoint_seeds_is_refused_before_work(tmp_path):
     body = 'pairs = ["proto-a->proto-small"]\nseeds = [0, 1, 2]\ntest_scenes = 2\n[[methods]]\nname = "source"\n'
     g = load_grid(grid_file(tmp_path, body))  # 5 test scenes: seeds 0 and 1 fit, seed 2 (scenes 4-5) does not
-    with pytest.raises(BenchError, match=r"(?s)asked for 6 test scenes, it has 5.*seed 2 reads scene numbers up to 5 "
-                                         r"of proto-small \(test split\).*every seed reads scenes of its own.*fewer seeds"):
+    with pytest.raises(BenchError, match=r"(?s)asked for 6 test scenes, it has 5.*seed 2 reads scene numbers up to "
+                                         r"5 of proto-small \(test split\).*every seed reads scenes of its own.*fewer "
+                                         r"seeds"):
         preflight(g.cells)
     with pytest.raises(BenchError, match=r"it has 5"):
         run_grid(g, tmp_path / "run")
@@ -223,7 +224,8 @@ def test_one_ttt_kd_cell_has_one_id_whatever_its_values_came_from(tmp_path):
     assert len({c.cell_id for c in chosen}) == 2  # the two seeds are two cells
     rows = [base_row(c) for c in chosen + written]
     assert [r["hp_source"] for r in rows] == ["selected:v7"] * 2 + ["grid"] * 2
-    assert json.loads(rows[0]["hp_sources"])["lr"] == "selected:v7" and json.loads(rows[2]["hp_sources"])["lr"] == "grid"
+    assert json.loads(rows[0]["hp_sources"])["lr"] == "selected:v7"
+    assert json.loads(rows[2]["hp_sources"])["lr"] == "grid"
     # a default written out is the same configuration as the default left out
     default_lr = METHODS.get("ttt_kd").config().lr
     a = load_grid(grid_file(tmp_path, TTTKD.replace('name = "ttt_kd"', f'name = "ttt_kd"\nlr = {default_lr}'), "a"),
