@@ -226,7 +226,7 @@ def _pairs(raw: dict) -> list[tuple[str, Any, dict]]:
             raise BenchError(f"streams[{i}] must be a table with 'source' and 'target' (a dataset spec or a list of "
                              f"{{dataset, split, scenes}} segments) and optionally {', '.join(STREAM_KEYS)}; "
                              f"got {s!r}")
-        # an option at its default stays out of the plain form (the cell id does not change)
+        # an option at its default stays out of the plain form (the cell's configuration is the same either way)
         out.append((s["source"], s["target"], {k: v for k, v in s.items()
                                                if k in STREAM_KEYS and v != PROTOCOL_DEFAULTS[k]}))
     if not out:
@@ -440,8 +440,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         "lift_tol": float(raw.get("lift_tol", DEFAULTS["lift_tol"])),
         "data_options": raw.get("data_options", {}),
     }
-    # cell settings given at grid level enter a cell's plain form only when they differ from the
-    # default (so grids written before these settings existed keep their cell ids)
+    # cell settings given at grid level enter a cell's plain form only when they differ from the default
+    # (the identity is built from the resolved configuration, so writing a default changes nothing)
     if raw.get("reset_every", 0) != 0:
         common["reset_every"] = raw["reset_every"]
     for key in ("views", "predict"):
