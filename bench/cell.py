@@ -17,6 +17,21 @@ sets while adapting/predicting, NaN rows on points seen by no view): 2D mIoU cou
 a view only (unseen points have no 2D prediction and are left out, not counted wrong); fused averages
 the 2D and 3D softmaxes on the seen points and keeps the 3D prediction on unseen ones, so it covers
 every point as ``miou`` does (xMUDA's / MM-TTA's "2D+3D" ensemble).
+
+Per scene (probe scenes too), on the scored points (labelled with one of the pair's evaluated
+classes), a 15-bin equal-width histogram of the prediction's maximum softmax probability:
+``calib_count`` (points per bin), ``calib_conf`` (their summed confidence) and ``calib_correct`` (how
+many are predicted right); the cell row's ``ece`` is the expected calibration error of the pooled
+histograms of the stream's scenes (sum over bins of |correct - confidence| / points). Each scene
+row also holds ``pred_sample``: the predicted class (uint8 bytes) of ``PRED_SAMPLE`` points drawn
+by a seed of the scene's dataset spec, name and point count, so two rows of one scene compare their
+predictions on the same points (``bench.select.agreement``). A method with a ``scene_stats()``
+method (returning a dict of floats after adapting a scene) gets a ``stat_KEY`` column per value in
+its scene rows and their mean in its cell row.
+
+Rows carry ``seed`` (the test stream's) and ``model_seed`` (the source model's), and
+``reported_from``: empty, or for the row of an alias (``bench.grid``: the Oracle on the diagonal is
+the Source-Only cell) the id of the cell whose numbers it reports (``alias_rows``).
 """
 
 from __future__ import annotations
@@ -40,7 +55,10 @@ from bench.spec import DEFAULTS, Cell, order_stream, scene_order_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_cell", "error_row", "PeakMemory"]
+__all__ = ["run_cell", "error_row", "alias_rows", "calibration", "ece", "PeakMemory"]
+
+CALIB_BINS = 15  # equal-width bins of the maximum softmax probability
+PRED_SAMPLE = 128  # points per scene whose predicted class is kept (pred_sample)
 
 
 def run_cell(cell: Cell | dict) -> tuple[dict, list[dict]]:
@@ -71,6 +89,12 @@ def error_row(cell: Cell, message: str) -> dict:
     return _finish({"status": "error", "error": message}, cell, started, 0.0)
 
 
+def alias_rows(cell: Cell, row: dict, scenes: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """The (cell row, scene rows) of each alias of ``cell`` (``bench.grid``): ``cell``'s numbers under
+    the alias's own id and configuration columns (label, role, ...), ``reported_from`` = ``cell``'s id."""
+    return [({**row, **base_row(a)}, [{**r, "cell_id": a.cell_id} for r in scenes]) for a in cell.aliases]
+
+
 def _finish(row: dict, cell: Cell, started: str, seconds: float) -> dict:
     row.update(base_row(cell))
     row.update(versions())
@@ -93,7 +117,8 @@ def base_row(cell: Cell) -> dict:
         "backbone": cell.backbone["name"], "backbone_cfg": json.dumps(cell.backbone, sort_keys=True),
         "teacher": _teacher_label(cell.teacher), "source": cell.source, "target": cell.target,
         "stream": json.dumps([s.to_dict() for s in cell.stream]), "n_segments": len(cell.stream),
-        "seed": cell.seed, "n_train": cell.train_scenes, "n_test": cell.test_scenes,
+        "seed": cell.seed, "model_seed": cell.model_seed, "reported_from": cell.alias_of,
+        "n_train": cell.train_scenes, "n_test": cell.test_scenes,
         "source_scenes": cell.needs.source_scenes, "device": cell.device, "features": ",".join(cell.features),
         "train_cfg": json.dumps(cell.train_cfg, sort_keys=True),
         "views": str(cell.lift.views) if cell.teacher else "",
@@ -184,6 +209,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     every = cell.protocol.reset_every
     multimodal = hasattr(type(method), "last_output_2d")
     conf_2d_total, conf_fused_total = np.zeros_like(conf_total), np.zeros_like(conf_total)
+    scene_stats = getattr(method, "scene_stats", None)
     with PeakMemory(device) as mem:
         if cell.needs.source_scenes:
             src = dataset_for(cell, cell.source)
@@ -228,6 +254,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                 conf_fused_total += conf_fused
             adapt_s, infer_s = adapt_s + ta, infer_s + ti
             steps.append(n_steps)
+            stats = {f"stat_{k}": float(v) for k, v in (scene_stats() or {}).items()} if callable(scene_stats) else {}
             row = {"cell_id": cell.cell_id, "scene": scene_key(cell, k, name), "index": index, "segment": k,
                    "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
                    "miou": miou(conf, classes), "miou_3d": miou(conf, classes),
@@ -235,7 +262,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                    "miou_fused": miou(conf_fused, classes) if multimodal else float("nan"),
                    "acc": accuracy(conf), "steps": n_steps, "adapt_s": ta,
                    "infer_s": ti, "predicted_by": used, "reset": bool(reset), "probe": False,
-                   "conf": conf.reshape(-1).tolist()}
+                   "conf": conf.reshape(-1).tolist(), **calibration(logits, scene.label, classes),
+                   "pred_sample": pred_sample(pred, seg.dataset, name), **stats}
             for key, value in (getattr(scene, "diagnostics", None) or {}).items():
                 row.setdefault(key if key not in row else f"diag_{key}", value)
             scene_rows.append(row)
@@ -254,11 +282,13 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                          "miou": miou(conf_seg[k], seg_classes[k])})
     classes = tuple(sorted(set().union(*seg_classes.values())))
     iou = iou_per_class(conf_total)
+    stat_keys = dict.fromkeys(k for r in scene_rows for k in r if k.startswith("stat_"))
+    stat_means = {k: float(np.nanmean([r.get(k, np.nan) for r in scene_rows])) for k in stat_keys}
     n = max(1, len(steps))
     row = {"miou": miou(conf_total, classes), "miou_3d": miou(conf_total, classes),
            "miou_2d": miou(conf_2d_total, classes) if multimodal else float("nan"),
            "miou_fused": miou(conf_fused_total, classes) if multimodal else float("nan"),
-           "acc": accuracy(conf_total),
+           "acc": accuracy(conf_total), "ece": ece(scene_rows),
            "eval_classes": ",".join(CLASSES[c] for c in classes),
            "data_key": data_key(cell),
            "steps_per_scene": float(np.mean(steps)) if steps else 0.0, "steps_total": int(np.sum(steps)),
@@ -266,7 +296,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
            "teacher_s": fc.seconds if fc else 0.0, "teacher_cache_hits": fc.hits if fc else 0,
            "teacher_cache_misses": fc.misses if fc else 0, "train_s": ckpt["train_seconds"],
            "checkpoint_cache": ckpt["cache"], "peak_mem_mb": mem.peak_mb, "mem_kind": mem.kind,
-           "segments": json.dumps(seg_rows), "n_resets": n_resets, **_probe_summary(probe_rows, source.classes)}
+           "segments": json.dumps(seg_rows), "n_resets": n_resets, **_probe_summary(probe_rows, source.classes),
+           **stat_means}
     for c, name in enumerate(CLASSES):
         row[f"iou_{name}"] = float(iou[c]) if c in classes else float("nan")
     return row, scene_rows + probe_rows
@@ -306,14 +337,59 @@ def _probe(cell: Cell, method, probe, position: int, base_seed: int, device: str
     for j, name in enumerate(names):
         scene = load_scene(src, name, False)  # predictions never read teacher features
         inp = _scene_input(cell, scene, position, base_seed + 2_000_003 + 1_009 * position + j, None, src, device)
-        pred = method.predict(inp).argmax(1).cpu().numpy()
+        logits = method.predict(inp)
+        pred = logits.argmax(1).cpu().numpy()
         conf = confusion(pred, scene.label, NUM_CLASSES, classes)
         rows.append({"cell_id": cell.cell_id, "scene": f"probe@{position}/{name}", "index": position, "segment": -1,
                      "dataset": cell.source, "split": "val", "n_points": scene.num_points, "miou": miou(conf, classes),
                      "acc": accuracy(conf), "steps": 0, "adapt_s": 0.0, "infer_s": 0.0, "predicted_by": "after",
-                     "reset": False, "probe": True, "conf": conf.reshape(-1).tolist()})
+                     "reset": False, "probe": True, "conf": conf.reshape(-1).tolist(),
+                     **calibration(logits, scene.label, classes), "pred_sample": pred_sample(pred, cell.source, name)})
     method.model.load_state_dict(saved)
     return rows
+
+
+def calibration(logits: torch.Tensor, label: np.ndarray, classes) -> dict[str, list]:
+    """A scene's calibration histogram on its scored points (labelled with one of ``classes``):
+    ``CALIB_BINS`` equal-width bins of the maximum softmax probability (computed in float64), per bin
+    the number of points (``calib_count``), their summed confidence (``calib_conf``) and how many the
+    argmax predicts right (``calib_correct``)."""
+    lab = np.asarray(label).reshape(-1)
+    keep = np.zeros(NUM_CLASSES, dtype=bool)
+    keep[list(classes)] = True
+    scored = (lab >= 0) & keep[np.clip(lab, 0, NUM_CLASSES - 1)]
+    prob = torch.softmax(logits.detach()[torch.from_numpy(scored).to(logits.device)].double(), 1).cpu()
+    top, pred = prob.max(1)
+    top, pred = top.numpy(), pred.numpy()
+    b = np.minimum((top * CALIB_BINS).astype(np.int64), CALIB_BINS - 1)
+    right = (pred == lab[scored]).astype(np.float64)
+    return {"calib_count": np.bincount(b, minlength=CALIB_BINS).astype(np.int64).tolist(),
+            "calib_conf": np.bincount(b, weights=top, minlength=CALIB_BINS).tolist(),
+            "calib_correct": np.bincount(b, weights=right, minlength=CALIB_BINS).round().astype(np.int64).tolist()}
+
+
+def ece(rows: list[dict]) -> float:
+    """Expected calibration error of the pooled histograms of ``rows`` (``calibration``): the sum over
+    bins of |correct - summed confidence| divided by the number of points; NaN without points."""
+    if not rows:
+        return float("nan")
+    count = np.sum([r["calib_count"] for r in rows], axis=0, dtype=np.float64)
+    conf = np.sum([r["calib_conf"] for r in rows], axis=0, dtype=np.float64)
+    right = np.sum([r["calib_correct"] for r in rows], axis=0, dtype=np.float64)
+    n = count.sum()
+    return float(np.abs(right - conf).sum() / n) if n else float("nan")
+
+
+def pred_sample(pred: np.ndarray, dataset: str, name: str) -> bytes:
+    """The predicted class of ``PRED_SAMPLE`` points of a scene (all of a smaller scene), as uint8
+    bytes; the points are drawn (sorted, without replacement) by a seed of the scene's dataset spec,
+    name and point count, so every row of the same scene samples the same points."""
+    from bench.cache import stable_hash
+
+    n = len(pred)
+    rng = np.random.default_rng(int(stable_hash([dataset, name, n], 8), 16))
+    idx = np.sort(rng.choice(n, size=min(PRED_SAMPLE, n), replace=False))
+    return np.asarray(pred)[idx].astype(np.uint8).tobytes()
 
 
 def _probe_summary(rows: list[dict], classes) -> dict:

@@ -2,13 +2,15 @@
 
 A grid lists axes: ``backbones``, ``teachers``, ``methods`` (each a table with ``name`` and optional
 ``label``, ``recipe``, ``train_on`` = "source"|"target", the cell settings ``views``, ``lift_tol`` and
-``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds``,
-``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``, ``features``, ``views``, ``lift_tol``,
-``predict``, ``[data_options.DATASET]``, ``[domains.NAME]`` (a synthetic domain defined inline: ``base``
-= a built-in domain plus parameter overrides, see ``bench.data.synth.domains``), a ``[train]`` table of
-recipe settings, and ``selected``: which file of selected hyper-parameters fills the method parameters
-the grid does not set ("latest" by default, "none", "vN" or a path; ``bench.select``). A ``[select]``
-table makes a selection grid.
+``predict``, and method parameters; a value given as a list is crossed), the targets, ``seeds`` (test
+streams of disjoint scenes over one model, and the adaptation's randomness; default [0]),
+``model_seeds`` (the source models' training seeds; default [0], the seed of the shipped reference
+models; more give model variance), ``train_scenes``, ``val_scenes``, ``test_scenes``, ``device``,
+``features``, ``views``, ``lift_tol``, ``predict``, ``[data_options.DATASET]``, ``[domains.NAME]`` (a
+synthetic domain defined inline: ``base`` = a built-in domain plus parameter overrides, see
+``bench.data.synth.domains``), a ``[train]`` table of recipe settings, and ``selected``: which file of
+selected hyper-parameters fills the method parameters the grid does not set ("latest" by default,
+"none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
@@ -21,6 +23,14 @@ set the scenario options of ``bench.spec.StreamProtocol``: ``order``, ``order_se
 A teacher axis only multiplies cells that use a teacher (a teacher-trained recipe, or a method whose
 ``needs.teacher`` is set); other cells get no teacher. Loading validates everything a run will use
 and reports every problem at once.
+
+Duplicates are dropped by construction: cells whose configurations are equal (``bench.spec``: same
+values whatever their origin; ``views`` at or above a scene's view count is "all"; a method table
+that differs from another only in its label) are one cell, the first in grid order. A later
+duplicate of the same role is dropped (logged); one of another role (the Oracle on the diagonal:
+a model trained on the target evaluated on that target is the Source-Only cell of the pair) is kept
+as an *alias* of the first: it is not run, and the runner writes its rows from the first cell's,
+marked with ``reported_from`` (``bench.cell.alias_rows``).
 """
 
 from __future__ import annotations
@@ -28,13 +38,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import logging
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cache import stable_hash
 from bench.errors import BenchError
+from bench.roles import role
 from bench.spec import (
     CELL_SETTINGS,
     DEFAULTS,
@@ -54,12 +67,15 @@ from bench.spec import (
     uses_teacher,
 )
 
+log = logging.getLogger(__name__)
+
 GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
+            "model_seeds",
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
             "train", "data_options", "selected", "select", "reset_every", "domains"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
-HIDDEN_CELL_FIELDS = ("grid", "recipe_teacher", "recipe_mae")  # derived flags, not settings to filter on
+HIDDEN_CELL_FIELDS = ("grid", "recipe_teacher", "recipe_mae", "alias_of")  # derived, not settings to filter on
 
 __all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "filter_cells", "cell_id"]
 
@@ -210,7 +226,7 @@ def _pairs(raw: dict) -> list[tuple[str, Any, dict]]:
             raise BenchError(f"streams[{i}] must be a table with 'source' and 'target' (a dataset spec or a list of "
                              f"{{dataset, split, scenes}} segments) and optionally {', '.join(STREAM_KEYS)}; "
                              f"got {s!r}")
-        # an option at its default stays out of the plain form (the cell id does not change)
+        # an option at its default stays out of the plain form (the cell's configuration is the same either way)
         out.append((s["source"], s["target"], {k: v for k, v in s.items()
                                                if k in STREAM_KEYS and v != PROTOCOL_DEFAULTS[k]}))
     if not out:
@@ -233,10 +249,13 @@ def _check_top(raw: dict, problems: Problems, device_from: str = "device =") -> 
             problems.add(f"test_scenes = {v} must be >= 1 (or 0 = every test scene of a real dataset)")
         elif v < 0:
             problems.add(f"{key} = {v} must be >= 0 (0 = {'none' if key == 'val_scenes' else 'all'})")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                             for s in seeds):
-        problems.add(f"seeds = {seeds!r} must be a non-empty list of whole numbers")
+    for key in ("seeds", "model_seeds"):
+        seeds = raw.get(key, [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                                 and s >= 0 for s in seeds):
+            problems.add(f"{key} = {seeds!r} must be a non-empty list of whole numbers >= 0")
+        elif len(set(seeds)) != len(seeds):
+            problems.add(f"{key} = {seeds!r} lists a seed twice")
     if "views" in raw:
         problems.check(check_views, raw["views"], "grid")
     if "lift_tol" in raw:
@@ -421,8 +440,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
         "lift_tol": float(raw.get("lift_tol", DEFAULTS["lift_tol"])),
         "data_options": raw.get("data_options", {}),
     }
-    # cell settings given at grid level enter a cell's plain form only when they differ from the
-    # default (so grids written before these settings existed keep their cell ids)
+    # cell settings given at grid level enter a cell's plain form only when they differ from the default
+    # (the identity is built from the resolved configuration, so writing a default changes nothing)
     if raw.get("reset_every", 0) != 0:
         common["reset_every"] = raw["reset_every"]
     for key in ("views", "predict"):
@@ -437,12 +456,13 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
             problems.add(f"{mt.where} (recipe {mt.recipe}) needs a teacher; add a 'teachers' list")
             continue
         for p in _cross(table):
-            for bb, t, (src, tgt, opts), seed in itertools.product(backbones, teachers if with_teacher else [None],
-                                                             targets, raw.get("seeds", [0])):
+            for bb, t, (src, tgt, opts), model_seed, seed in itertools.product(
+                    backbones, teachers if with_teacher else [None], targets, raw.get("model_seeds", [0]),
+                    raw.get("seeds", [0])):
                 plain = {**common, "method": mt.name, "label": mt.table.get("label", mt.name), "params": p,
                          "recipe": mt.recipe, "train_on": mt.table.get("train_on", "source"), "backbone": bb,
-                         "teacher": t, "source": src, "target": tgt, "seed": seed, "train_cfg": raw.get("train", {}),
-                         **opts}
+                         "teacher": t, "source": src, "target": tgt, "seed": seed, "model_seed": model_seed,
+                         "train_cfg": raw.get("train", {}), **opts}
                 if isinstance(tgt, str):
                     plain["test_scenes"] = test_scenes
                 if hp:
@@ -451,9 +471,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
                 if c is not None:
                     cells.append(c)
     problems.raise_if_any()
-    ids = [c.cell_id for c in cells]
-    if len(set(ids)) != len(ids):
-        raise BenchError(f"{path}: some cells are listed twice (same method, parameters and axes)")
+    cells = one_cell_per_configuration(cells, name)
     problems.check(check_grid, selection, cells, name)
 
     # overrides that no cell uses are mistakes: say which cells would use them
@@ -472,6 +490,39 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     selected = problems.check(filter_cells, cells, ov.only)  # reported with any problem above
     problems.raise_if_any()
     return Grid(name, path, raw, text, selected, cells)
+
+
+def cell_role(cell: Cell) -> str:
+    return role(cell.method, cell.recipe, cell.train_on, cell.teacher["name"] if cell.teacher else None)
+
+
+def _written(cell: Cell) -> str:
+    """A cell's label and method-table values as the grid wrote them (log lines)."""
+    params = ",".join(f"{k}={v}" for k, v in sorted((cell.plain.get("params") or {}).items()))
+    return f"{cell.label}({params})" if params else cell.label
+
+
+def one_cell_per_configuration(cells: list[Cell], grid: str) -> list[Cell]:
+    """The cells with duplicates removed (see the module docstring): of cells with one configuration
+    (one ``cell_id``) the first is kept; a later one of another role becomes its alias (its rows are
+    reported from the first cell's, under its own id), a later one of the same role is dropped."""
+    kept: dict[str, Cell] = {}
+    dropped: dict[tuple[str, str], int] = {}
+    for c in cells:
+        first = kept.get(c.cell_id)
+        if first is None:
+            kept[c.cell_id] = c
+            continue
+        if cell_role(c) != cell_role(first) and all(cell_role(a) != cell_role(c) for a in first.aliases):
+            alias = dataclasses.replace(c, alias_of=first.cell_id,
+                                        cell_id=stable_hash({"alias_of": first.cell_id, "role": cell_role(c)}))
+            kept[c.cell_id] = dataclasses.replace(first, aliases=first.aliases + (alias,))
+            continue
+        what = (_written(c), _written(first))
+        dropped[what] = dropped.get(what, 0) + 1
+    for (a, b), n in dropped.items():
+        log.info("grid '%s': %s is the same configuration as %s (%d cell(s)); it runs once, as %s", grid, a, b, n, b)
+    return list(kept.values())
 
 
 def _check_methods(tables: list[MethodTable], problems: Problems) -> None:

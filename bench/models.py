@@ -9,7 +9,7 @@ import logging
 
 import torch
 
-from bench.resources import dataset_for, load_scene, train_val_names
+from bench.resources import dataset_for, feature_cache, load_scene, train_val_names
 from bench.spec import Cell
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def get_model(cell: Cell, use_zoo: bool = True, root=None):
 
     data_spec = cell.training_data()
     ds = dataset_for(cell, data_spec)
-    fc = training_features(cell) if cell.recipe_teacher else None
+    fc = feature_cache(cell, training=True) if cell.recipe_teacher else None
     spec = model_spec(cell, fc.teacher.dim if fc else 0)
     key = {**cell.model_identity(), "data_fingerprint": ds.fingerprint(),
            "teacher_key": fc.teacher.cache_key() if fc else None}
@@ -53,21 +53,10 @@ def get_model(cell: Cell, use_zoo: bool = True, root=None):
         scenes = [load_scene(ds, n, fc is not None) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
-        return train(model, scenes, val, cell.seed, cell.device, teacher_fn,
+        return train(model, scenes, val, cell.model_seed, cell.device, teacher_fn,
                      desc=f"train {spec.backbone}/{cell.recipe} on {data_spec}")
 
     return get_or_train(key, spec, train_fn, cell.device, root=root, name=cell.model_key())
-
-
-def training_features(cell: Cell):
-    """The teacher-feature cache a model trains with: every view at the default depth tolerance, whatever the
-    cell's own lifting settings (``views``, ``lift_tol``) are, so a model key names one model (those settings
-    are test-time settings and not part of the key)."""
-    from bench.resources import teacher
-    from bench.spec import DEFAULTS
-    from teachers.cache import FeatureCache
-
-    return FeatureCache(teacher(cell), DEFAULTS["views"], DEFAULTS["lift_tol"])
 
 
 def shipped_model(cell: Cell, key: dict, spec):

@@ -74,6 +74,8 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
         console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
                       f"{len(todo)} to run -> {out}")
+        from bench.cell import alias_rows
+
         t0 = time.perf_counter()
         prepare_data(todo, cpu_cores())
         n_err = 0
@@ -83,6 +85,8 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
             # executor's generator) must still stop the workers now, not when the generator is collected
             with closing(ex.run(schedule(todo))) as results:
                 for cell, (row, scenes) in results:
+                    for alias_row, alias_scenes in alias_rows(cell, row, scenes):  # first: a crash leaves no
+                        store.append(alias_row, alias_scenes)  # finished cell without its aliases' rows
                     store.append(row, scenes)
                     n_err += row["status"] != "ok"
                     bar.update(task, advance=1, info=escape(describe(cell)[:60]))
@@ -180,7 +184,7 @@ def summary(store: ResultsStore, cells: list[Cell], console: Console) -> None:
     df = store.cells()
     if df.empty:
         return
-    df = df[df["cell_id"].isin({c.cell_id for c in cells})]
+    df = df[df["cell_id"].isin({c.cell_id for c in cells} | {a.cell_id for c in cells for a in c.aliases})]
     t = Table(title="summary", show_lines=False)
     for col in ("method", "teacher", "source -> target", "mIoU %", "steps/scene", "s/scene", "status"):
         t.add_column(col, justify="right" if col in ("mIoU %", "steps/scene", "s/scene") else "left")

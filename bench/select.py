@@ -20,6 +20,11 @@ names compared). Such source scenes are labelled source data, available wherever
 is trained; for a test pair whose target is another pair's source they are held-out scenes of that
 target's domain (corrupted), which ``allow_source_val = false`` rules out too.
 
+**Validation streams are as long as the test streams they stand for.** Before anything runs, every
+validation stream is checked against the test grids that use selected values (those not pinning
+``selected = "none"``): a validation stream shorter than the longest test stream of a selected
+method is refused (online methods that look good on a short stream can forget on a long one).
+
 **Selection.** Every candidate (the product of the space) runs on every validation cell (pairs x
 seeds) through the normal runner into ``runs/select/GRID`` (resumable, cells shared by id); the
 score of a candidate is its mean cell mIoU over those cells; with ``--budget-s S``, candidates whose
@@ -30,6 +35,18 @@ order) is chosen per method: on a few validation scenes smaller differences are 
 three times the compute for them would only slow every test grid down. It is written to a new
 version ``bench/selected/vN.toml``, with the
 validation pairs, seeds, date, git commit, grid, and every candidate's score.
+
+**Rule v2** (``[select] rule = "v2"``, the default; declared after seeing v1's results, in the
+grid's ``rule_note`` and the written file). Each method also runs its *baseline* on the same
+validation cells: the method with ``steps = 0`` (its forward, BN mode and prediction without any
+update) where its config has ``steps``, else the parameters of ``[select.baseline.METHOD]`` (none:
+no baseline, rule v1 for that method). A candidate is *inert* when it is indistinguishable from the
+baseline (``no_effect``: paired per-scene mIoU equivalent within 0.1 points, or the same predicted
+class on >= 95 % of the sampled points, ``agreement``) and *diverged* when its score is not finite
+or below half the baseline's. The choice is made among the candidates that are neither; when none
+is left, the method's defaults are kept and the file says why (``outcome = "no candidate differs
+from the baseline"``, rows of grids that use it record it in ``hp_note``). ``rule = "v1"`` chooses
+as before, without baselines.
 
 **Use.** ``load_grid`` applies the latest version (or the one a grid's ``selected`` key, the
 ``--selected`` flag or ``$TTT_BENCH_SELECTED`` names; ``none`` = ignore) to every method table:
@@ -62,12 +79,91 @@ log = logging.getLogger(__name__)
 
 SELECTED_DIR = Path(__file__).parent / "selected"
 ENV_VAR = "TTT_BENCH_SELECTED"
-SELECT_KEYS = {"for_grids", "allow_source_val", "space", "tolerance"}
+SELECT_KEYS = {"for_grids", "allow_source_val", "space", "tolerance", "rule", "rule_note", "baseline"}
 DEFAULT_TOLERANCE = 0.005  # mIoU (0.5 points): candidates this close to the best count as tied, the cheapest wins
+RULES = ("v1", "v2")
+NO_CANDIDATE_DIFFERS = "no candidate differs from the baseline"
+INERT_MARGIN = 0.001  # mIoU as a fraction: 0.1 points
+INERT_AGREEMENT = 0.95  # share of points with the same predicted class
+INERT_ALPHA = 0.05  # the equivalence test's level (two one-sided tests)
+DIVERGED = 0.5  # a candidate whose score is below this fraction of its baseline's has diverged
 _VERSION = re.compile(r"^v(\d+)$")
 
 __all__ = ["Selection", "load_selection", "grid_selection", "apply_selection", "check_grid", "hp_columns",
-           "run_selection", "validation_problems", "SELECTED_DIR"]
+           "run_selection", "validation_problems", "SELECTED_DIR", "Effect", "no_effect", "agreement"]
+
+
+# ------------------------------------------------------------------------------------- the inert rule
+@dataclass(frozen=True)
+class Effect:
+    """What ``no_effect`` found for a row against its baseline (mIoU as fractions)."""
+
+    inert: bool  # no effect at these settings
+    why: str  # which criterion made it inert, or why it is not
+    n: int  # paired scenes
+    mean_diff: float  # mean per-scene mIoU difference (row - baseline)
+    ci: tuple[float, float]  # its (1 - 2 alpha) confidence interval (the equivalence test's interval)
+    agreement: float  # share of points with the same predicted class (NaN: not known)
+
+
+def no_effect(row: Any, baseline: Any, same_points: float | None = None, margin: float = INERT_MARGIN,
+              min_agreement: float = INERT_AGREEMENT, alpha: float = INERT_ALPHA) -> Effect:
+    """Is a row indistinguishable from its baseline? ``row`` and ``baseline`` are per-scene mIoU (fractions),
+    paired by scene (pairs with a NaN are left out); ``same_points`` the share of points on which the
+    two predict the same class (``agreement``), if known.
+
+    Inert when either (1) the paired differences are *equivalent* to zero within ``margin`` (0.1 mIoU
+    points): two one-sided t-tests at level ``alpha``, i.e. the (1 - 2 alpha) t interval of the mean
+    difference lies inside (-margin, margin) (with zero spread, the mean itself must); or (2) the two
+    predict the same class on at least ``min_agreement`` of the points."""
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(row, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise BenchError(f"no_effect: {a.size} row values against {b.size} baseline values; pair them by scene")
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    agree = float("nan") if same_points is None else float(same_points)
+    n = int(d.size)
+    if n == 0:
+        return Effect(agree >= min_agreement, "no paired scene" if not agree >= min_agreement else
+                      f"same predictions on {100 * agree:.1f} % of points", 0, float("nan"),
+                      (float("nan"), float("nan")), agree)
+    mean = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    if sd == 0.0:
+        lo = hi = mean
+    elif n > 1:
+        half = float(stats.t.ppf(1 - alpha, n - 1)) * sd / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    equivalent = -margin < lo and hi < margin and (n > 1 or sd == 0.0)
+    shown = f"mean difference {100 * mean:+.3f} points, {100 * (1 - 2 * alpha):.0f} % interval " \
+            f"[{100 * lo:+.3f}, {100 * hi:+.3f}] over {n} scenes"
+    if equivalent:
+        why = f"equivalent within {100 * margin:.1f} points ({shown})"
+    elif agree >= min_agreement:
+        why = f"same predictions on {100 * agree:.1f} % of points ({shown})"
+    else:
+        why = f"differs: {shown}" + (f", same predictions on {100 * agree:.1f} % of points" if agree == agree else "")
+    return Effect(equivalent or agree >= min_agreement, why, n, mean, (lo, hi), agree)
+
+
+def agreement(row: Any, baseline: Any, weights: Any = None) -> float:
+    """The share of points on which two rows predict the same class, from their scene rows'
+    ``pred_sample`` (``bench.cell.pred_sample``: the predicted class of the same sampled points of a
+    scene), paired by scene; scenes weighted by ``weights`` (e.g. their point counts), else by their
+    samples. NaN when no pair has samples of equal length."""
+    import numpy as np
+
+    same = total = 0.0
+    w = list(weights) if weights is not None else [None] * len(row)
+    for x, y, wt in zip(row, baseline, w):
+        if not isinstance(x, (bytes, bytearray)) or not isinstance(y, (bytes, bytearray)) or len(x) != len(y) or not x:
+            continue
+        eq = float(np.mean(np.frombuffer(x, np.uint8) == np.frombuffer(y, np.uint8)))
+        k = float(wt) if wt is not None else float(len(x))
+        same, total = same + k * eq, total + k
+    return same / total if total else float("nan")
 
 
 # --------------------------------------------------------------------------------------------- the file
@@ -83,6 +179,7 @@ class Selection:
     values: dict[str, dict[str, Any]]  # method name -> selected parameters
     allow_source_val: bool = True
     raw: dict = field(default_factory=dict, repr=False)
+    notes: dict[str, str] = field(default_factory=dict)  # method -> why its defaults were kept (rule v2)
 
     @property
     def tag(self) -> str:
@@ -114,8 +211,10 @@ def load_selection(path: Path) -> Selection:
                          "`python -m bench select` (run it to make one)")
     values = {m: {**(t.get("fixed") or {}), **(t.get("selected") or {})} if t.get("selected") else {}
               for m, t in raw["methods"].items()}
+    notes = {m: f"{t['outcome']}; defaults kept" + (f" ({t['why']})" if t.get("why") else "")
+             for m, t in raw["methods"].items() if t.get("outcome") not in (None, "selected") and not values[m]}
     return Selection(path, str(raw.get("version", path.stem)), str(raw["created_at"]), list(raw["validation"]),
-                     list(raw["seeds"]), values, bool(raw.get("allow_source_val", True)), raw)
+                     list(raw["seeds"]), values, bool(raw.get("allow_source_val", True)), raw, notes)
 
 
 def versions(folder: Path | None = None) -> list[Path]:
@@ -177,7 +276,12 @@ def grid_selection(raw: dict, grid_file: Path, override: str | bool | None = Non
 def apply_selection(sel: Selection | None, method: str, table: dict) -> tuple[dict, dict | None]:
     """The method table with the selected values of the parameters it does not set, and the cell's
     provenance record (None when no value was taken from the selection)."""
-    if sel is None or not sel.values.get(method):
+    if sel is None:
+        return table, None
+    if not sel.values.get(method):
+        if method in sel.notes:  # rule v2 kept the defaults: the rows say so
+            return table, {"selected": {}, "from": sel.version, "on": sel.on(), "at": sel.created_at,
+                           "note": f"{sel.version}: {sel.notes[method]}"}
         return table, None
     taken = {k: v for k, v in sel.values[method].items() if k not in table}
     if not taken:
@@ -195,17 +299,20 @@ def apply_selection(sel: Selection | None, method: str, table: dict) -> tuple[di
 
 
 def hp_columns(cell) -> dict:
-    """The provenance columns of a result row: where each searchable or set parameter came from."""
-    hp = (getattr(cell, "identity", None) or {}).get("hp") or {}
+    """The provenance columns of a result row: where each searchable or set parameter came from, and
+    (``hp_note``) why a selection file kept a method's defaults (rule v2), else empty."""
+    hp = getattr(cell, "provenance", None) or {}
     chosen = hp.get("selected") or {}
     space = getattr(type(cell.method_cfg), "SEARCH", None) or {}
     sources = {}
     for k in sorted(set(space) | set(cell.params)):
         sources[k] = f"selected:{hp['from']}" if k in chosen else ("grid" if k in cell.params else "default")
+    decided = bool(chosen) or bool(hp.get("note"))
     return {"hp_source": "+".join(sorted(set(sources.values()))) or "default",
             "hp_sources": json.dumps(sources, sort_keys=True),
-            "hp_selected_on": hp.get("on", "") if chosen else "",
-            "hp_selected_at": hp.get("at", "") if chosen else ""}
+            "hp_selected_on": hp.get("on", "") if decided else "",
+            "hp_selected_at": hp.get("at", "") if decided else "",
+            "hp_note": hp.get("note", "")}
 
 
 # ------------------------------------------------------------------------------ validation vs test pairs
@@ -327,7 +434,48 @@ def _select_table(raw: dict, path: Path) -> dict:
     if not isinstance(space, dict) or not all(isinstance(v, dict) and all(isinstance(x, list) and x for x in v.values())
                                               for v in space.values()):
         raise BenchError(f"{path}: the select.space.METHOD tables must map parameters to non-empty lists of values")
+    if t.get("rule", RULES[-1]) not in RULES:
+        raise BenchError(f"{path}: select.rule = {t.get('rule')!r} unknown; valid: {', '.join(RULES)} (see "
+                         "bench/select.py)")
+    if not isinstance(t.get("rule_note", ""), str):
+        raise BenchError(f"{path}: select.rule_note must be a string (why the rule is what it is)")
+    base = t.get("baseline", {})
+    if not isinstance(base, dict) or not all(isinstance(v, dict) for v in base.values()):
+        raise BenchError(f"{path}: the select.baseline.METHOD tables must map parameters to values (the method's "
+                         "baseline: e.g. rotta = {{update_frequency = 1000000000}})")
     return t
+
+
+def baseline_params(method: str, table: dict, sel_table: dict) -> dict | None:
+    """The parameters that make a method's baseline (rule v2): ``[select.baseline.METHOD]``, else
+    ``steps = 0`` where its config has ``steps``, else None (no baseline)."""
+    from bench.registry import config_fields
+    from methods import METHODS
+
+    given = (sel_table.get("baseline") or {}).get(method)
+    if given is not None:
+        return dict(given)
+    return {"steps": 0} if "steps" in config_fields(METHODS.get(method)) else None
+
+
+def check_stream_lengths(val_cells: list, tests: list, methods: set[str]) -> list[str]:
+    """Validation streams shorter than the longest test stream of a selected method in a test grid that
+    uses selected values (not ``selected = "none"``): one message per short validation pair."""
+    longest, where = 0, ""
+    for g in tests:
+        if g.raw.get("selected", "latest") in ("none", False):
+            continue
+        for c in g.all_cells:
+            if c.method in methods and c.test_scenes > longest:
+                longest, where = c.test_scenes, f"grid {g.name}, {c.label} on {c.source}->{c.target}"
+    out = {}
+    for c in val_cells:
+        if c.test_scenes < longest:
+            label = pair_label(c.source, [s.to_dict() for s in c.stream])
+            out[label] = (f"validation pair {label} reads {c.test_scenes} scenes, the test streams it stands for up to "
+                          f"{longest} ({where}): give every validation stream at least {longest} scenes (an online "
+                          "method's setting that holds on a short stream can forget on a long one)")
+    return list(out.values())
 
 
 def load_test_grids(for_grids: Any, self_path: Path) -> list:
@@ -360,13 +508,17 @@ def space_of(method: str, table: dict, overrides: dict) -> dict[str, tuple]:
     return {k: tuple(v) for k, v in space.items() if k not in table}
 
 
-def expand(grid, sel_table: dict) -> tuple[list[Candidate], list[str]]:
-    """Every (method, candidate) with its validation cells; methods with nothing to search are listed apart."""
+def expand(grid, sel_table: dict) -> tuple[list[Candidate], list[str], dict[str, Candidate]]:
+    """Every (method, candidate) with its validation cells; methods with nothing to search are listed
+    apart; and (rule v2) each searched method's baseline with its cells, in the order of the
+    candidates' cells (the i-th baseline cell is the i-th cell's pair and seed)."""
     from bench.spec import resolve
 
     cands: dict[tuple[str, str], Candidate] = {}
     skipped: list[str] = []
     fixed: dict[str, dict] = {}
+    baselines: dict[str, Candidate] = {}
+    v2 = sel_table.get("rule", RULES[-1]) == "v2"
     for base in grid.cells:
         if fixed.setdefault(base.method, base.params) != base.params:
             raise BenchError(f"{grid.path}: method '{base.method}' appears with different parameters "
@@ -385,7 +537,13 @@ def expand(grid, sel_table: dict) -> tuple[list[Candidate], list[str]]:
             cell = resolve(plain, f"{grid.path}: method '{base.method}' candidate {params}")
             key = (base.method, json.dumps(params, sort_keys=True))
             cands.setdefault(key, Candidate(base.method, params, dict(base.params))).cells.append(cell)
-    return list(cands.values()), skipped
+        bp = baseline_params(base.method, base.params, sel_table) if v2 else None
+        if bp is not None:
+            plain = base.to_dict()
+            plain["params"] = {**plain.get("params", {}), **bp}
+            cell = resolve(plain, f"{grid.path}: method '{base.method}' baseline {bp}")
+            baselines.setdefault(base.method, Candidate(base.method, bp, dict(base.params))).cells.append(cell)
+    return list(cands.values()), skipped, baselines
 
 
 def _steps(cell) -> int:
@@ -417,13 +575,18 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
         lines = "\n".join(f"  - {p}" for p in problems)
         raise BenchError(f"{grid.path}: {len(problems)} validation pair problem(s); selection never reads test "
                          f"pairs:\n{lines}")
-    cands, skipped = expand(grid, sel_table)
+    cands, skipped, baselines = expand(grid, sel_table)
     if skipped:
         log.info("no search space (nothing to select): %s", ", ".join(skipped))
     if not cands:
         raise BenchError(f"{grid.path}: none of its methods has a search space to select (SEARCH in the method's "
                          "config, or a select.space.METHOD table)")
-    cells = [c for cd in cands for c in cd.cells]
+    short = check_stream_lengths(grid.all_cells, tests, {cd.method for cd in cands})
+    if short:
+        lines = "\n".join(f"  - {p}" for p in short)
+        raise BenchError(f"{grid.path}: validation streams must be as long as the test streams they stand "
+                         f"for:\n{lines}")
+    cells = list({c.cell_id: c for cd in cands + list(baselines.values()) for c in cd.cells}.values())
     shared = {c.model_key() for c in test_cells}
     own = {c.model_key() for c in cells} - shared
     if own:
@@ -432,7 +595,7 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
                  len(own))
     runs = runs or Path("runs") / "select" / grid.name
     if dry_run:
-        _print_plan(cands, console)
+        _print_plan(cands, console, baselines)
         console.print(f"validation pairs checked against the cells of {len(tests)} test grid(s): "
                       f"{', '.join(g.name for g in tests) or 'none'}; no problem found")
         if budget_s is not None:
@@ -445,8 +608,10 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
     if res["errors"]:
         raise BenchError(f"{res['errors']} validation cell(s) failed (see {runs / 'cells.csv'}); nothing was selected. "
                          "Fix the cause and run the same command again: finished cells are kept")
-    rows = ResultsStore(runs).cells().set_index("cell_id")
-    result = _score(cands, rows, budget_s, float(sel_table.get("tolerance", DEFAULT_TOLERANCE)))
+    store = ResultsStore(runs)
+    rows = store.cells().set_index("cell_id")
+    result = _score(cands, rows, budget_s, float(sel_table.get("tolerance", DEFAULT_TOLERANCE)),
+                    scenes=store.scenes() if baselines else None, baselines=baselines)
     path = out or _next_version()
     if path.exists():
         raise BenchError(f"{path} exists; selected-values files are versioned and never overwritten: choose another "
@@ -458,39 +623,46 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
     for m, r in result.items():
         chosen = ", ".join(f"{k}={v}" for k, v in r["selected"].items())
         console.print(f"{m}: {chosen} (mean mIoU {100 * r['score']:.1f} over {r['n_cells']} validation cells)"
-                      if chosen else f"{m}: no candidate within the budget")
+                      if chosen else f"{m}: {r['outcome']}; defaults kept" + (f" ({r['why']})" if r["why"] else ""))
     console.print(f"wrote {path}")
     return path
 
 
-def _print_plan(cands: list[Candidate], console) -> None:
+def _print_plan(cands: list[Candidate], console, baselines: dict[str, Candidate] | None = None) -> None:
     from rich.table import Table
 
     t = Table(title="selection plan (grid search)")
-    for col in ("method", "candidates", "validation cells", "cells", "TTT steps (all scenes)"):
-        t.add_column(col, justify="left" if col == "method" else "right")
+    for col in ("method", "candidates", "validation cells", "cells", "TTT steps (all scenes)", "baseline"):
+        t.add_column(col, justify="left" if col in ("method", "baseline") else "right")
     by: dict[str, list[Candidate]] = {}
     for c in cands:
         by.setdefault(c.method, []).append(c)
     total_cells = total_steps = 0
     for m, cs in by.items():
-        n = sum(len(c.cells) for c in cs)
+        base = (baselines or {}).get(m)
+        n = sum(len(c.cells) for c in cs) + (len(base.cells) if base else 0)
         steps = sum(_steps(cell) * cell.test_scenes for c in cs for cell in c.cells)
         total_cells, total_steps = total_cells + n, total_steps + steps
-        t.add_row(m, str(len(cs)), str(len(cs[0].cells)), str(n), str(steps))
-    t.add_row("total", "", "", str(total_cells), str(total_steps))
+        shown = ", ".join(f"{k}={v}" for k, v in base.params.items()) if base else "none (rule v1)"
+        t.add_row(m, str(len(cs)), str(len(cs[0].cells)), str(n), str(steps), shown)
+    t.add_row("total", "", "", str(total_cells), str(total_steps), "")
     console.print(t)
 
 
-def _score(cands: list[Candidate], rows, budget_s: float | None,
-           tolerance: float = DEFAULT_TOLERANCE) -> dict[str, dict]:
+def _score(cands: list[Candidate], rows, budget_s: float | None, tolerance: float = DEFAULT_TOLERANCE,
+           scenes=None, baselines: dict[str, Candidate] | None = None) -> dict[str, dict]:
     """Per method: every candidate's score (mean cell mIoU), spread, cost and the chosen one.
 
     The choice: among the candidates within the budget, those whose score is within ``tolerance`` of
     the best score count as tied (on a few validation scenes such differences are noise), and the
     cheapest of them wins: the fewest adaptation steps per scene (recorded per cell, so the choice is
     deterministic, unlike measured seconds), then the higher score, then the first in the space's
-    order. With ``tolerance = 0`` the best score wins."""
+    order. With ``tolerance = 0`` the best score wins.
+
+    Rule v2 (a method with a baseline in ``baselines``, whose cells pair with the candidates' cells
+    in order; ``scenes``: the scene rows): each candidate is compared with the baseline scene by
+    scene (``no_effect``, ``agreement``); inert and diverged candidates are left out of the choice,
+    and when none is left the method keeps its defaults (``outcome`` says why)."""
     import numpy as np
 
     out: dict[str, dict] = {}
@@ -507,17 +679,62 @@ def _score(cands: list[Candidate], rows, budget_s: float | None,
                  "adapt_s_per_scene": adapt, "within_budget": budget_s is None or adapt <= budget_s,
                  "per_pair": {k: float(np.mean(v)) for k, v in per_pair.items()}}
         m = out.setdefault(cd.method, {"candidates": [], "selected": {}, "fixed": cd.fixed, "score": math.nan,
-                                       "best_score": math.nan, "n_cells": len(miou)})
+                                       "best_score": math.nan, "n_cells": len(miou), "outcome": "selected",
+                                       "why": "", "baseline": None})
+        base = (baselines or {}).get(cd.method)
+        if base is not None and scenes is not None:
+            b = rows.loc[[c.cell_id for c in base.cells]]
+            bscore = float(np.mean(b["miou"].to_numpy(dtype=float)))
+            m["baseline"] = {"params": dict(base.params), "score": bscore}
+            eff = _compare(cd.cells, base.cells, scenes)
+            entry.update(inert=eff.inert, inert_why=eff.why, mean_diff=eff.mean_diff, diff_ci=list(eff.ci),
+                         agreement=eff.agreement,
+                         diverged=not math.isfinite(entry["score"]) or entry["score"] < DIVERGED * bscore)
         m["candidates"].append(entry)
     for m in out.values():
         ok = [e for e in m["candidates"] if e["within_budget"] and not math.isnan(e["score"])]
         if not ok:
+            m["outcome"] = "no candidate within the budget"
             continue
+        if m["baseline"] is not None:
+            left = [e for e in ok if not e["inert"] and not e["diverged"]]
+            n_inert, n_div = sum(e["inert"] for e in ok), sum(e["diverged"] and not e["inert"] for e in ok)
+            largest = max((abs(e["mean_diff"]) for e in ok if e["inert"] and math.isfinite(e["mean_diff"])), default=0)
+            stable = [e["params"]["lr"] for e in m["candidates"] if "lr" in e["params"] and not e["diverged"]]
+            m["largest_stable_lr"] = max(stable) if stable else math.nan
+            if not left:
+                m["outcome"] = NO_CANDIDATE_DIFFERS
+                m["why"] = (f"{n_inert} of {len(ok)} candidates inert against the baseline "
+                            f"({', '.join(f'{k}={v}' for k, v in m['baseline']['params'].items())}: equivalent within "
+                            f"{100 * INERT_MARGIN:.1f} mIoU points or the same predictions on >= "
+                            f"{100 * INERT_AGREEMENT:.0f} % of points; largest mean difference {100 * largest:.3f} "
+                            f"points)" + (f", {n_div} diverged" if n_div else ""))
+                continue
+            ok = left
         best = max(e["score"] for e in ok)
         tied = [e for e in ok if e["score"] >= best - tolerance - 1e-12]
         chosen = min(tied, key=lambda e: (e["steps_per_scene"], -e["score"]))  # min keeps the first of equals
         m["selected"], m["score"], m["best_score"] = dict(chosen["params"]), chosen["score"], best
     return out
+
+
+def _compare(cells: list, base_cells: list, scenes) -> Effect:
+    """A candidate's validation scenes against its baseline's (cell i against baseline cell i, scenes
+    paired by name; probe rows left out): ``no_effect`` with the pooled ``agreement``."""
+    import pandas as pd
+
+    main = scenes[~scenes["probe"].astype(bool)] if "probe" in scenes else scenes
+    parts = []
+    for c, b in zip(cells, base_cells):
+        x, y = main[main["cell_id"] == c.cell_id], main[main["cell_id"] == b.cell_id]
+        parts.append(x.merge(y, on="scene", suffixes=("", "_base")))
+    both = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if both.empty:
+        return no_effect([], [])
+    same = agreement(list(both["pred_sample"]), list(both["pred_sample_base"]), list(both["n_points"])) \
+        if "pred_sample" in both else None
+    return no_effect(both["miou"].to_numpy(float), both["miou_base"].to_numpy(float),
+                     None if same is None or same != same else same)
 
 
 def _next_version() -> Path:
@@ -549,6 +766,15 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
     if budget_s is not None:
         head["budget_s"] = float(budget_s)
     head["tolerance"] = float(sel_table.get("tolerance", DEFAULT_TOLERANCE))
+    head["format"] = 2  # v2 files add the rule, each method's outcome, baseline and candidates' inert/diverged flags
+    head["rule"] = str(sel_table.get("rule", RULES[-1]))
+    if sel_table.get("rule_note"):
+        head["rule_note"] = str(sel_table["rule_note"])
+    if head["rule"] == "v2":
+        head["inert_rule"] = (f"equivalent within {100 * INERT_MARGIN:g} mIoU points (two one-sided t-tests, alpha "
+                              f"{INERT_ALPHA:g}, paired per-scene mIoU) or the same predicted class on >= "
+                              f"{100 * INERT_AGREEMENT:g} % of sampled points; diverged: score below {DIVERGED:g} x "
+                              "the baseline's")
     lines = ["# Hyper-parameters selected by `python -m bench select` on validation pairs only (never a test pair).",
              "# Grids use these values for the parameters they do not set; rows record hp_source = \"selected:"
              f"{path.stem}\".", ""]
@@ -557,7 +783,14 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
         lines += ["", "[[validation]]", f"source = {_value(v['source'])}", f"target = {_value(v['target'])}"]
     for m, r in result.items():
         lines += ["", f"[methods.{_key(m)}]", f"selected = {_value(r['selected'])}", f"fixed = {_value(r['fixed'])}",
-                  f"score = {_value(r['score'])}", f"best_score = {_value(r['best_score'])}",
+                  f"outcome = {_value(r['outcome'])}"]
+        if r["why"]:
+            lines.append(f"why = {_value(r['why'])}")
+        if r["baseline"] is not None:
+            lines.append(f"baseline = {_value(r['baseline'])}")
+        if "largest_stable_lr" in r:
+            lines.append(f"largest_stable_lr = {_value(r['largest_stable_lr'])}")
+        lines += [f"score = {_value(r['score'])}", f"best_score = {_value(r['best_score'])}",
                   f"validation_cells = {r['n_cells']}"]
         for cd in r["candidates"]:
             lines += ["", f"[[methods.{_key(m)}.candidates]]"]

@@ -2,16 +2,39 @@
 
 A cell's *plain form* is the JSON-able dict that a grid expands to (method, its parameters as the
 grid's method table wrote them, recipe, backbone and teacher tables, source, target, scene counts,
-seed, device, ...). ``resolve`` turns it into a :class:`Cell` with validated config objects for every
-axis, the target as a stream of segments, and what the cell needs (teacher, lifting, source scenes)
-derived from the method's ``needs`` and the recipe's declaration. ``Cell.to_dict``/``Cell.from_dict``
-round-trip through the plain form, which is what process pools and Ray carry, and ``cell_id`` is a
-hash of it (minus grid name and label), so it is the same wherever the cell is resolved.
+seed, model seed, device, and ``hp``: where selected values came from). ``resolve`` turns it into a
+:class:`Cell` with validated config objects for every axis (each distinct table built once per process
+and shared by the cells that use it), the target as a stream of segments, and what the cell needs
+(teacher, lifting, source scenes) derived from the method's ``needs`` and the recipe's declaration.
+``Cell.to_dict``/``Cell.from_dict`` round-trip through the plain form, which is what process pools
+and Ray carry.
+
+**Identity.** A cell's identity is its *configuration*, never where a value came from: ``identity``
+is built from the typed configs (every field of the method's config, the model's identity, the
+stream, seeds, lifting, prediction and protocol), so a value written in the grid, taken from a
+selection file (``bench/selected``) or left at its default gives the same identity when it is the
+same value. ``cell_id`` is a hash of it, so it is the same wherever the cell is resolved, and the
+per-scene random generators are seeded from it. Provenance (``hp``) travels in the plain form and is
+recorded in the rows (``bench.select.hp_columns``). Settings that cannot change the numbers do not
+enter: the lifting of a cell whose method reads no teacher features, and ``views`` at or above the
+number of views every scene of the target has (it is "all"). Cells with equal identities are one
+cell (``bench.grid`` keeps the first and drops or aliases the rest).
+
+**Replication.** ``seed`` draws a test stream and the adaptation randomness over one source model;
+``model_seed`` (default 0, the shipped reference models' seed) is the seed of the source model's
+training. The unit of replication is the *test scene within a stream*: the seeds of a target are
+independent streams of disjoint scenes over one model, and model seeds add model variance where a
+study wants it. Seed s reads its own block of each split: for each (base dataset, split) that the
+stream reads, with ``span`` = the largest ``start + scenes`` of its segments there, seed s reads
+scene numbers ``[s * span, (s + 1) * span)`` (each segment shifted by ``s * span``), so no scene
+(under any corruption) is in two seeds of a stream, and the segments of a multi-segment stream keep
+their relative layout; the forgetting probe's clean source val scenes shift the same way by
+``probe_scenes``. A segment that reads every scene of a split (``scenes = 0``, real data) can only
+be seed 0.
 
 The target is a *stream*: an ordered list of :class:`Segment` (dataset spec, split, scene count). A
 classic source->target pair is one segment of the target's test split; its plain form keeps the
-``target`` string and ``test_scenes`` count (as before streams existed, so cell ids are unchanged).
-Longer streams write ``target`` as a list of segment tables.
+``target`` string and ``test_scenes`` count. Longer streams write ``target`` as a list of segment tables.
 
 How the stream is run is the cell's :class:`StreamProtocol` (scenarios): ``order`` of the scenes
 ("sequential": segment after segment, the continual and gradual scenarios; "shuffled": every scene
@@ -19,8 +42,7 @@ of every segment in one seeded random order, the mixed scenario; "by_class": sor
 dominant labelled object class, then its room type where the scene carries one, the correlated
 scenario), ``reset_every`` (an online method is reset to the source model every K scenes, as RDumb
 does) and a forgetting probe (``probe_every`` N scenes, ``probe_scenes`` clean scenes of the
-source's val split are predicted without adapting and tracked apart from the main mIoU). Each
-enters the plain form only when it differs from its default, so cell ids of older grids hold.
+source's val split are predicted without adapting and tracked apart from the main mIoU).
 """
 
 from __future__ import annotations
@@ -39,7 +61,8 @@ PREDICT = ("after", "same")  # when the prediction is taken: a separate forward 
 # per-cell settings that a method table may also set (they are not method parameters)
 CELL_SETTINGS = ("views", "lift_tol", "predict", "reset_every")
 DEFAULTS = {"views": "all", "lift_tol": 0.1, "predict": "after", "split": "test", "test_scenes": 8,
-            "train_scenes": 96, "val_scenes": 8, "features": ("color", "normal"), "device": "cpu"}
+            "train_scenes": 96, "val_scenes": 8, "features": ("color", "normal"), "device": "cpu", "model_seed": 0}
+PLAIN_ONLY = ("grid", "label", "cell_id", "hp")  # plain-form keys that are not the cell's configuration
 DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 ORDERS = ("sequential", "shuffled", "by_class")
 # options of a grid's stream table (besides source and target) and the protocol's defaults
@@ -175,18 +198,24 @@ class Cell:
     teacher: dict[str, Any] | None  # {name, params...} as written, None when the cell uses none
     teacher_cfg: Any
     source: str
-    stream: tuple[Segment, ...]
-    seed: int
+    stream: tuple[Segment, ...]  # as written; seed s reads ``read_stream`` (shifted to its own scenes)
+    seed: int  # the test stream's and the adaptation's seed
+    model_seed: int  # the source model's training seed
     device: str
     features: tuple[str, ...]
     train_scenes: int
     val_scenes: int
     lift: Lift
     predict: str
-    data_options: dict[str, dict]  # per base dataset name
-    identity: dict[str, Any]  # the plain form minus grid and label: what can change the numbers
-    cell_id: str
+    data_options: dict[str, dict]  # per base dataset name, as written
+    data_cfgs: dict[str, Any]  # per base dataset the cell reads: its validated config (built from data_options)
+    plain: dict[str, Any]  # the plain form minus grid and label (what workers carry; with ``hp``)
+    identity: dict[str, Any]  # the configuration, from the typed configs: what can change the numbers
+    cell_id: str  # hash of ``identity``
     protocol: StreamProtocol = StreamProtocol()  # scene order, periodic reset, forgetting probe
+    provenance: dict | None = None  # ``hp``: values taken from a selection file (what, from, on, at)
+    aliases: tuple = ()  # cells of other roles whose rows are reported from this cell's (bench.grid)
+    alias_of: str = ""  # for such an alias: the id of the cell whose rows stand for it
 
     # -- derived facts, each decided here once
     @property
@@ -219,6 +248,17 @@ class Cell:
     def test_scenes(self) -> int:
         return sum(s.scenes for s in self.stream)
 
+    @property
+    def read_stream(self) -> tuple[Segment, ...]:
+        """The segments this cell's seed reads: ``stream`` shifted to the seed's own scenes
+        (``seed_stream``)."""
+        return seed_stream(self.stream, self.seed)
+
+    def probe_offset(self) -> int:
+        """Where the seed's forgetting-probe scenes start among the source's val scenes that follow
+        the model's own validation scenes: ``seed * probe_scenes``."""
+        return self.seed * self.protocol.probe_scenes
+
     def training_data(self) -> str:
         """The dataset spec the cell's model is trained on: the source, or the (uncorrupted) target
         for models trained on the target (the Oracle control)."""
@@ -232,7 +272,12 @@ class Cell:
         return dict(self.data_options.get(DatasetSpec.parse(spec).base, {}))
 
     def model_identity(self) -> dict:
-        """Everything that defines the cell's trained model (cells with equal identities share one)."""
+        """Everything that defines the cell's trained model (cells with equal identities share one):
+        backbone, features, recipe and its settings, the recipe's teacher, training data and its
+        options, train-scene count, the *model* seed (not the stream's ``seed``: the seeds of a target
+        adapt one model) and the model code version. A teacher-trained recipe lifts its teacher
+        features with the default lifting (all views, the default depth tolerance), whatever the
+        cell's test-time ``views``/``lift_tol``, so those are not part of the model."""
         from backbones.model import MODEL_CODE_VERSION
 
         teacher = None
@@ -242,14 +287,15 @@ class Cell:
         return {"backbone": self.backbone["name"], "backbone_cfg": _plain_cfg(self.backbone_cfg),
                 "features": list(self.features), "recipe": self.recipe, "train": _plain_cfg(self.recipe_cfg),
                 "kd": teacher, "mae": self.recipe_mae, "data": data, "data_options": self.data_options_for(data),
-                "n_train": self.train_scenes, "seed": self.seed, "code": MODEL_CODE_VERSION}
+                "n_train": self.train_scenes, "seed": self.model_seed, "code": MODEL_CODE_VERSION}
 
     def model_key(self) -> str:
         """The one model key: the scheduler groups cells by it and the checkpoint cache names files by it."""
         return stable_hash(self.model_identity(), 24)
 
     def to_dict(self) -> dict:
-        return {"grid": self.grid, "label": self.label, **json.loads(json.dumps(self.identity))}
+        """The plain form (what process pools and Ray carry; ``from_dict`` resolves it again)."""
+        return {"grid": self.grid, "label": self.label, **json.loads(json.dumps(self.plain))}
 
     @classmethod
     def from_dict(cls, d: dict) -> Cell:
@@ -264,9 +310,56 @@ def _plain_cfg(cfg: Any, drop: tuple[str, ...] = ()) -> dict:
 
 
 def cell_id(plain: dict) -> str:
-    """A cell's id: a hash of its plain form without grid name, label and id (everything that can
-    change its numbers). The per-scene random generators are seeded from it."""
-    return stable_hash({k: v for k, v in plain.items() if k not in ("grid", "label", "cell_id")})
+    """The id of a cell given as its plain form: the resolved cell's id (a hash of its configuration,
+    see the module docstring); a plain form that does not resolve gets a hash of it without grid,
+    label and provenance (so its error row still has a stable id)."""
+    try:
+        return resolve(plain).cell_id
+    except BenchError:
+        return stable_hash({k: v for k, v in plain.items() if k not in PLAIN_ONLY})
+
+
+def seed_stream(stream: tuple[Segment, ...], seed: int) -> tuple[Segment, ...]:
+    """The segments that seed ``seed`` reads: for each (base dataset, split) of the stream, with
+    ``span`` = the largest ``start + scenes`` of the stream's segments there, every segment there is
+    shifted by ``seed * span``. Seeds of one stream thus read disjoint scenes of every split (under
+    any corruption: scenes are numbered by the base dataset), and seed 0 reads what is written."""
+    if seed == 0:
+        return tuple(stream)
+    span: dict[tuple[str, str], int] = {}
+    for s in stream:
+        if s.scenes == 0:
+            raise BenchError(f"seed {seed}: segment {s.dataset} ({s.split} split) reads every scene (scenes = 0), "
+                             "so no other seed can read scenes of its own; use seeds = [0] or give a scene count")
+        key = (_base(s.dataset), s.split)
+        span[key] = max(span.get(key, 0), s.start + s.scenes)
+    return tuple(dataclasses.replace(s, start=s.start + seed * span[(_base(s.dataset), s.split)]) for s in stream)
+
+
+def _base(spec: str) -> str:
+    return spec.split(":", 1)[0]
+
+
+def views_per_scene(base: str) -> int | None:
+    """The number of views every scene of dataset ``base`` has, where the dataset fixes it (the
+    synthetic world renders ``SynthConfig.views`` per scene); None where it varies (real data)."""
+    from bench.data import DATASETS
+    from bench.data.synth import SynthDatasetConfig
+
+    if base not in DATASETS or DATASETS.get(base).config is not SynthDatasetConfig:
+        return None
+    from bench.data.synth.generate import SynthConfig
+
+    return int(SynthConfig().views)
+
+
+def canonical_views(views: int | str, stream: tuple[Segment, ...]) -> int | str:
+    """``views`` as the identity sees it: "all" when it is at least the number of views of every
+    scene the stream reads (``views_per_scene``), else as given."""
+    if views == "all":
+        return views
+    counts = [views_per_scene(_base(s.dataset)) for s in stream]
+    return "all" if counts and all(c is not None and views >= c for c in counts) else views
 
 
 def parse_stream(target: Any, test_scenes: int | None, where: str) -> tuple[Segment, ...]:
@@ -378,13 +471,26 @@ def check_predict(v: Any, where: str) -> str:
     raise BenchError(f"{where}: predict = {v!r} must be one of {', '.join(repr(p) for p in PREDICT)}")
 
 
+_CONFIGS: dict[tuple, Any] = {}
+
+
+def built_config(entry, table: dict, what: str):
+    """``entry``'s validated config of ``table`` (``bench.registry.make_config``), built once per process
+    for each distinct table and shared by every cell that uses it (configs are never mutated)."""
+    from bench.registry import make_config
+
+    key = (what, id(entry), entry.name, json.dumps(table, sort_keys=True, default=str))
+    if key not in _CONFIGS:
+        _CONFIGS[key] = make_config(entry, table, what)
+    return _CONFIGS[key]
+
+
 def resolve(plain: dict, where: str = "cell") -> Cell:
     """The typed, validated cell of a plain form. Raises BenchError naming ``where`` and the bad value."""
     from backbones import BACKBONES, RECIPES
     from bench.data import DATASETS
     from bench.data.corrupt import CORRUPTIONS
     from bench.data.datasets import DatasetSpec
-    from bench.registry import make_config
     from methods import METHODS
     from methods.base import Needs
     from teachers import TEACHERS
@@ -397,12 +503,12 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     mwhere = f"{where}: method '{d['method']}'"
     table = dict(d.get("params") or {})
     settings = {k: table.pop(k) for k in CELL_SETTINGS if k in table}
-    method_cfg = _wrap(where, make_config, entry, table, "method")
+    method_cfg = _wrap(where, built_config, entry, table, "method")
     needs = getattr(entry.factory, "needs", Needs())
     recipe = d.get("recipe") or needs.recipe
     recipe_entry = _wrap(mwhere, RECIPES.get, recipe)
     train_cfg = dict(d.get("train_cfg") or {})
-    recipe_cfg = _wrap(f"{where}: [train]", make_config, recipe_entry, train_cfg, "recipe")
+    recipe_cfg = _wrap(f"{where}: [train]", built_config, recipe_entry, train_cfg, "recipe")
     recipe_teacher = bool(recipe_entry.extra.get("teacher"))
     train_on = d.get("train_on", "source")
     if train_on not in ("source", "target"):
@@ -411,7 +517,7 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
     bb = d.get("backbone")
     bb = {"name": bb} if isinstance(bb, str) else dict(bb or {})
     bb_entry = _wrap(where, BACKBONES.get, bb.get("name", ""))
-    backbone_cfg = _wrap(where, make_config, bb_entry, {k: v for k, v in bb.items() if k != "name"}, "backbone")
+    backbone_cfg = _wrap(where, built_config, bb_entry, {k: v for k, v in bb.items() if k != "name"}, "backbone")
     teacher = d.get("teacher")
     if isinstance(teacher, str):
         teacher = {"name": teacher}
@@ -420,7 +526,8 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         if not teacher:
             raise BenchError(f"{mwhere} (recipe {recipe}) needs a teacher; add a 'teachers' list")
         t_entry = _wrap(where, TEACHERS.get, teacher.get("name", ""))
-        teacher_cfg = _wrap(where, make_config, t_entry, {k: v for k, v in teacher.items() if k != "name"}, "teacher")
+        teacher_cfg = _wrap(where, built_config, t_entry, {k: v for k, v in teacher.items() if k != "name"},
+                            "teacher")
     elif teacher:
         raise BenchError(f"{mwhere}: uses no teacher, but the cell names teacher {teacher.get('name')!r}")
 
@@ -443,29 +550,51 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         raise BenchError(f"{where}: data_options must be tables [data_options.DATASET], got {data_options!r}")
     for name, opts in data_options.items():
         ds_entry = _wrap(f"{where}: [data_options.{name}]", DATASETS.get, name)
-        _wrap(f"{where}: [data_options.{name}]", make_config, ds_entry, opts, "dataset")
+        _wrap(f"{where}: [data_options.{name}]", built_config, ds_entry, opts, "dataset")
+    bases = dict.fromkeys([DatasetSpec.parse(source).base] + [s.spec.base for s in stream])
+    data_cfgs = {b: _wrap(f"{where}: [data_options.{b}]", built_config, DATASETS.get(b), data_options.get(b, {}),
+                          "dataset") for b in bases}
 
     features = _wrap(where, check_features, d.get("features", list(DEFAULTS["features"])))
     device = _wrap(where, check_device_name, d.get("device", DEFAULTS["device"]))
-    seed = d.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise BenchError(f"{where}: seed = {seed!r} must be a whole number")
+    seed = _wrap(where, _count, d.get("seed", 0), "seed")
+    model_seed = _wrap(where, _count, d.get("model_seed", DEFAULTS["model_seed"]), "model_seed")
+    _wrap(where, seed_stream, stream, seed)  # a seed > 0 cannot read every scene of a split
     lift = Lift(check_views(settings.get("views", d.get("views", DEFAULTS["views"])), where),
                 check_tol(settings.get("lift_tol", d.get("lift_tol", DEFAULTS["lift_tol"])), where))
     predict = check_predict(settings.get("predict", d.get("predict", DEFAULTS["predict"])), where)
     protocol = parse_protocol(d, settings, where)
-    identity = {k: v for k, v in d.items() if k not in ("grid", "label", "cell_id")}
-    return Cell(
+    hp = d.get("hp") or None
+    cell = Cell(
         grid=str(d.get("grid", "")), label=str(d.get("label", d["method"])), method=d["method"], params=table,
         method_cfg=method_cfg, needs=needs, recipe=recipe, train_cfg=train_cfg, recipe_cfg=recipe_cfg,
         recipe_teacher=recipe_teacher, recipe_mae=bool(recipe_entry.extra.get("mae")), train_on=train_on,
         backbone=bb, backbone_cfg=backbone_cfg, teacher=teacher if teacher_cfg is not None else None,
-        teacher_cfg=teacher_cfg,
-        source=source, stream=stream, seed=seed, device=device, features=tuple(features),
+        teacher_cfg=teacher_cfg, source=source, stream=stream, seed=seed, model_seed=model_seed, device=device,
+        features=tuple(features),
         train_scenes=_count(d.get("train_scenes", DEFAULTS["train_scenes"]), f"{where}: train_scenes"),
         val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes", zero="none"),
-        lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()},
-        identity=identity, cell_id=cell_id(identity), protocol=protocol)
+        lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()}, data_cfgs=data_cfgs,
+        plain={k: v for k, v in d.items() if k not in ("grid", "label", "cell_id")}, identity={}, cell_id="",
+        protocol=protocol, provenance=hp)
+    identity = configuration(cell)
+    return dataclasses.replace(cell, identity=identity, cell_id=stable_hash(identity))
+
+
+def configuration(cell: Cell) -> dict:
+    """A cell's identity: its configuration from the typed configs, without provenance (see the module
+    docstring). Two cells with equal configurations compute the same numbers."""
+    reads_teacher = cell.method_uses_teacher
+    return {
+        "model": cell.model_identity(),
+        "method": cell.method, "params": _plain_cfg(cell.method_cfg),
+        "teacher": {"name": cell.teacher["name"], **_plain_cfg(cell.teacher_cfg)} if reads_teacher else None,
+        "lift": {"views": canonical_views(cell.lift.views, cell.stream), "tol": cell.lift.tol} if reads_teacher
+        else None,
+        "source": cell.source, "stream": [s.to_dict() for s in cell.stream], "seed": cell.seed,
+        "data": {b: _plain_cfg(c) for b, c in sorted(cell.data_cfgs.items())},
+        "predict": cell.predict, "protocol": dataclasses.asdict(cell.protocol), "device": cell.device,
+    }
 
 
 def uses_teacher(needs, recipe: str) -> bool:
@@ -483,8 +612,8 @@ def _wrap(where: str, fn, *args):
         raise BenchError(f"{where}: {e}") from None
 
 
-def describe(cell: Cell) -> str:
-    """A one-line human description of a cell (logs, dry runs)."""
+def shown_name(cell: Cell) -> str:
+    """The cell's label with its parameters and the settings that differ from their defaults."""
     shown = dict(cell.params)
     if cell.lift.views != "all" and cell.uses_teacher:
         shown["views"] = cell.lift.views
@@ -493,6 +622,11 @@ def describe(cell: Cell) -> str:
     if cell.protocol.reset_every:
         shown["reset_every"] = cell.protocol.reset_every
     params = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
+    return f"{cell.label}{'(' + params + ')' if params else ''}"
+
+
+def describe(cell: Cell) -> str:
+    """A one-line human description of a cell (logs, dry runs)."""
     t = f" [{cell.teacher['name']}]" if cell.teacher else ""
-    return (f"{cell.label}{'(' + params + ')' if params else ''}{t} {cell.backbone['name']} "
-            f"{cell.source}->{cell.target} s{cell.seed}")
+    m = f"/m{cell.model_seed}" if cell.model_seed else ""
+    return f"{shown_name(cell)}{t} {cell.backbone['name']} {cell.source}->{cell.target} s{cell.seed}{m}"

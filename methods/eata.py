@@ -52,7 +52,8 @@ from methods.registry import METHODS
 
 @dataclass
 class EATAConfig(MethodConfig):
-    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    # sized for SGD (momentum 0.9), the official optimizer: learning rates up to 1
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1, 1.0), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {
         "steps": AT_LEAST_0, "e_margin": AT_LEAST_0, "d_margin": AT_LEAST_0, "ema": UNIT, "fisher_alpha": AT_LEAST_0,
         "fisher_size": AT_LEAST_1, "fisher_batch": AT_LEAST_1,

@@ -56,7 +56,8 @@ from methods.registry import METHODS
 
 @dataclass
 class RoTTAConfig(MethodConfig):
-    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2)}
+    # its score did not move with lr 1e-4..1e-2 (v1): learning rates up to 1, diverging ones left out
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
     CHECKS: ClassVar[dict[str, Check]] = {
         "memory_size": AT_LEAST_1, "update_frequency": AT_LEAST_1, "nu": UNIT, "alpha": UNIT, "lambda_t": AT_LEAST_0,
         "lambda_u": AT_LEAST_0, "block_size": POSITIVE, "min_block_points": AT_LEAST_0,

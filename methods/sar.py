@@ -50,7 +50,8 @@ from methods.registry import METHODS
 
 @dataclass
 class SARConfig(MethodConfig):
-    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
+    # SGD (momentum 0.9): learning rates up to 1, where Adam-sized ones leave the weights in place
+    SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1, 1.0), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {
         "steps": AT_LEAST_0, "rho": AT_LEAST_0, "e_margin": AT_LEAST_0, "reset_constant": AT_LEAST_0, "ema": UNIT,
         "skip_top": UNIT,

@@ -7,6 +7,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench import select as sel_mod
@@ -109,14 +110,20 @@ def test_selection_writes_a_versioned_file_with_every_candidate(selected):
     assert [c["params"] for c in cands] == [{"lr": 1e-4}, {"lr": 0.1}]
     # each score is the mean mIoU of that candidate's validation cells, as the run folder holds them
     rows = ResultsStore(d / "runs").cells()
-    assert len(rows) == 4 and set(rows["status"]) == {"ok"} and set(rows["grid"]) == {"tinysel"}
+    assert len(rows) == 6 and set(rows["status"]) == {"ok"} and set(rows["grid"]) == {"tinysel"}
     for c in cands:
         mine = rows[rows["params"].map(lambda s: json.loads(s).get("lr")) == c["params"]["lr"]]
         assert set(mine["target"]) == {"sel-val", "sel-src:jitter@3"}
         assert c["score"] == pytest.approx(mine["miou"].mean())
         assert set(c["per_pair"]) == set(doc["validation_pairs"])
-    best = max(cands, key=lambda c: c["score"])
-    assert tent["selected"] == best["params"] and tent["score"] == best["score"]
+    # rule v2: the baseline (TENT without a step) ran on the same cells; one Adam step at lr 1e-4 is inert
+    assert doc["format"] == 2 and doc["rule"] == "v2" and "inert_rule" in doc
+    base = rows[rows["params"].map(lambda s: json.loads(s)) == {"steps": 0}]
+    assert len(base) == 2 and tent["baseline"]["params"] == {"steps": 0}
+    assert tent["baseline"]["score"] == pytest.approx(base["miou"].mean())
+    by_lr = {c["params"]["lr"]: c for c in cands}
+    assert by_lr[1e-4]["inert"] and not by_lr[0.1]["inert"] and not by_lr[0.1]["diverged"]
+    assert tent["outcome"] == "selected" and tent["selected"] == {"lr": 0.1} and tent["score"] == by_lr[0.1]["score"]
     # a second selection never overwrites a version
     with pytest.raises(BenchError, match="never overwritten"):
         run_selection(str(d / "sel.toml"), out=out, runs=d / "runs", executor="inprocess", workers=1)
@@ -144,7 +151,8 @@ name = "source"
     by = {c.label: c for c in g.cells}
     assert by["TENT"].method_cfg.lr == lr and by["TENT"].method_cfg.steps == 1
     assert by["TENT-0.003"].method_cfg.lr == 0.003  # an explicit grid value wins over the selected one
-    assert Cell.from_dict(by["TENT"].to_dict()).identity["hp"] == by["TENT"].identity["hp"]  # survives workers
+    assert Cell.from_dict(by["TENT"].to_dict()).provenance == by["TENT"].provenance  # survives workers
+    assert by["TENT"].provenance["selected"] == {"lr": lr, "steps": 1}
     run_grid(g, tmp_path / "run")
     rows = ResultsStore(tmp_path / "run").cells().set_index("label")
     assert set(rows["status"]) == {"ok"}
@@ -157,7 +165,7 @@ name = "source"
     assert rows.loc["source", "hp_source"] == "default" and rows.loc["source", "hp_selected_on"] == ""
     # ignoring the file (the --selected flag; a grid's `selected = "none"` does the same)
     c = next(c for c in load_grid(str(grid), Overrides(selected="none")).cells if c.label == "TENT")
-    assert c.method_cfg.lr == METHODS.get("tent").config().lr and "hp" not in c.identity
+    assert c.method_cfg.lr == METHODS.get("tent").config().lr and c.provenance is None
 
 
 def test_selection_refuses_test_splits_and_test_domains(selected, tmp_path):
@@ -204,7 +212,7 @@ def test_which_file_a_grid_uses(tmp_path, monkeypatch):
     monkeypatch.delenv(sel_mod.ENV_VAR, raising=False)
     grid = tmp_path / "g.toml"
     grid.write_text('name = "g"\npairs = ["sel-src->sel-shift"]\n' + COMMON + '[[methods]]\nname = "tent"\n')
-    assert "hp" not in load_grid(str(grid)).cells[0].identity  # no file yet: defaults
+    assert load_grid(str(grid)).cells[0].provenance is None  # no file yet: defaults
     (tmp_path / "selected").mkdir()
     for v, lr in (("v1", 0.01), ("v2", 0.02), ("v10", 0.05)):
         (tmp_path / "selected" / f"{v}.toml").write_text(
@@ -322,3 +330,113 @@ def test_the_projects_own_selection_grid_is_recorded_relative_to_the_project():
     assert _shown_path(root / "bench" / "grids" / "select.toml") == "bench/grids/select.toml"
     doc = tomllib.loads((root / "bench" / "selected" / "v1.toml").read_text())
     assert not Path(doc["grid_file"]).is_absolute()
+
+
+# ------------------------------------------------------------------------------------------- rule v2
+def test_no_effect_names_equivalent_rows_and_identical_predictions_inert():
+    """The inert rule (importable by the report): equivalence of paired per-scene mIoU within 0.1 points
+    (two one-sided t-tests at 5 %), or the same predictions on >= 95 % of points."""
+    from bench.select import agreement, no_effect
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, 24)
+    assert no_effect(base, base).inert  # identical
+    assert no_effect(base + 0.0002 + rng.normal(0, 0.0002, 24), base).inert  # 0.02 points, tight
+    shifted = no_effect(base + 0.003, base)  # 0.3 points on every scene: an effect, however consistent
+    assert not shifted.inert and shifted.mean_diff == pytest.approx(0.003) and "differs" in shifted.why
+    noisy = no_effect(base + rng.normal(0, 0.02, 24), base)  # mean near 0 but 2-point noise: not shown equivalent
+    assert not noisy.inert and noisy.ci[0] < -0.001 < 0.001 < noisy.ci[1]
+    assert no_effect(base + 0.003, base, same_points=0.97).inert  # the prediction criterion alone suffices
+    assert not no_effect(base + 0.003, base, same_points=0.90).inert
+    assert not no_effect([0.5], [0.49]).inert and no_effect([0.5], [0.5]).inert  # one scene: the difference itself
+    assert no_effect([0.5, np.nan], [0.5, 0.3]).n == 1  # NaN pairs left out
+    with pytest.raises(BenchError, match="pair them by scene"):
+        no_effect([0.1, 0.2], [0.1])
+    a, b = bytes([1, 2, 3, 4]), bytes([1, 2, 0, 4])
+    assert agreement([a, a], [a, b]) == pytest.approx(7 / 8)
+    assert agreement([a, a], [a, b], weights=[3, 1]) == pytest.approx((3 * 1 + 1 * 0.75) / 4)
+    assert np.isnan(agreement([None], [a]))
+
+
+def _cands(table: dict, base: list[float]):
+    """Candidates of a method from {lr: per-scene mIoU of its one validation cell}, with a baseline."""
+    from types import SimpleNamespace
+
+    from bench.select import Candidate
+
+    seg = SimpleNamespace(to_dict=lambda: {"dataset": "v", "split": "val", "scenes": len(base)})
+    cells, scenes = [], []
+
+    def cell(name, mious):
+        c = SimpleNamespace(cell_id=name, source="s", stream=[seg])
+        cells.append({"cell_id": name, "miou": float(np.mean(mious)), "adapt_s_per_scene": 0.1, "steps_per_scene": 1})
+        scenes.extend({"cell_id": name, "scene": f"s{i}", "miou": v, "probe": False, "n_points": 100,
+                       "pred_sample": b""} for i, v in enumerate(mious))
+        return c
+
+    cands = [Candidate("sar", {"lr": lr}, {}, [cell(f"c{lr}", m)]) for lr, m in table.items()]
+    baseline = Candidate("sar", {"steps": 0}, {}, [cell("base", base)])
+    return cands, pd.DataFrame(cells).set_index("cell_id"), pd.DataFrame(scenes), {"sar": baseline}
+
+
+def test_inert_and_diverged_candidates_are_not_chosen_and_none_left_keeps_the_defaults():
+    from bench.select import NO_CANDIDATE_DIFFERS, _score
+
+    base = list(np.linspace(0.30, 0.50, 12))
+    inert = [v + 0.0001 for v in base]  # the best score, but no effect: v1 chose such a candidate by noise
+    worse = [v - 0.02 for v in base]  # an effect (harmful)
+    gone = [0.05] * 12  # collapsed
+    cands, rows, scenes, baselines = _cands({1e-3: inert, 1e-1: worse, 1.0: gone}, base)
+    r = _score(cands, rows, None, scenes=scenes, baselines=baselines)["sar"]
+    flags = {c["params"]["lr"]: (c["inert"], c["diverged"]) for c in r["candidates"]}
+    assert flags == {1e-3: (True, False), 1e-1: (False, False), 1.0: (False, True)}
+    assert r["outcome"] == "selected" and r["selected"] == {"lr": 1e-1} and r["largest_stable_lr"] == 1e-1
+    assert r["baseline"] == {"params": {"steps": 0}, "score": pytest.approx(np.mean(base))}
+    assert _score(cands, rows, None)["sar"]["selected"] == {"lr": 1e-3}  # rule v1 (no baseline): the best score
+    cands, rows, scenes, baselines = _cands({1e-3: inert, 1e-2: [v - 0.0002 for v in base], 1.0: gone}, base)
+    r = _score(cands, rows, None, scenes=scenes, baselines=baselines)["sar"]
+    assert r["outcome"] == NO_CANDIDATE_DIFFERS and r["selected"] == {}
+    assert "2 of 3 candidates inert" in r["why"] and "1 diverged" in r["why"] and "steps=0" in r["why"]
+
+
+def test_a_selection_where_no_candidate_differs_keeps_the_defaults_and_rows_say_why(selected, tmp_path):
+    """End to end on the tiny grids: TENT at learning rates too small to move anything is inert against
+    TENT without a step; the file keeps the default and says why; grids using it record it per row."""
+    from bench.cell import base_row
+
+    d, _ = selected
+    p = tmp_path / "sel_inert.toml"
+    p.write_text(SELECT_GRID.replace("FOR", str(d / "seltest.toml")).replace("lr = [1e-4, 0.1]", "lr = [1e-9, 1e-8]"))
+    out = run_selection(str(p), out=tmp_path / "v3.toml", runs=d / "runs", executor="inprocess", workers=1)
+    doc = tomllib.loads(out.read_text())
+    tent = doc["methods"]["tent"]
+    assert tent["outcome"] == "no candidate differs from the baseline" and tent["selected"] == {}
+    assert all(c["inert"] for c in tent["candidates"]) and "2 of 2 candidates inert" in tent["why"]
+    sel = load_selection(out)
+    assert sel.values["tent"] == {} and sel.notes["tent"].startswith("no candidate differs from the baseline")
+    grid = tmp_path / "use.toml"
+    grid.write_text(f'name = "use"\nselected = "{out}"\npairs = ["sel-src->sel-shift"]\ntest_scenes = 1\n' + COMMON +
+                    '[[methods]]\nname = "tent"\n[[methods]]\nname = "source"\n')
+    cells = {c.method: c for c in load_grid(str(grid)).cells}
+    assert cells["tent"].method_cfg.lr == METHODS.get("tent").config().lr  # the default is kept
+    row = base_row(cells["tent"])
+    assert row["hp_note"].startswith("v3: no candidate differs from the baseline; defaults kept")
+    assert row["hp_source"] == "default" and row["hp_selected_on"].startswith("sel-src->sel-val")
+    assert base_row(cells["source"])["hp_note"] == ""
+
+
+def test_validation_streams_shorter_than_the_test_streams_are_refused(selected, tmp_path):
+    d, _ = selected
+    long_test = tmp_path / "long.toml"
+    long_test.write_text(TEST_GRID.replace("test_scenes = 1", "test_scenes = 3").replace('name = "source"',
+                                                                                         'name = "tent"'))
+    p = tmp_path / "sel.toml"
+    p.write_text(SELECT_GRID.replace("FOR", str(long_test)))
+    with pytest.raises(BenchError, match=r"(?s)validation streams must be as long as the test streams.*"
+                                         r"sel-src->sel-val\(val,1\) reads 1 scenes, the test streams it stands for up "
+                                         r"to 3 \(grid seltest, tent on sel-src->sel-src\).*at least 3 scenes"):
+        run_selection(str(p), out=tmp_path / "never.toml", runs=tmp_path / "runs", executor="inprocess")
+    assert not (tmp_path / "runs").exists()
+    # a test grid that pins selected = "none" does not use the selection, so its streams do not count
+    long_test.write_text('selected = "none"\n' + long_test.read_text())
+    assert run_selection(str(p), dry_run=True) is None
