@@ -45,7 +45,8 @@ def get_or_train(key: dict, spec: ModelSpec, train_fn: Callable[[SegModel], dict
         model = build_model(spec, device)
         info = train_fn(model)
         meta = {"key": json.dumps(key, sort_keys=True, default=str), "train_seconds": float(info["train_seconds"]),
-                "val_miou": float(info.get("val_miou", float("nan")))}
+                "val_miou": float(info.get("val_miou", float("nan"))),
+                "history": json.dumps(info.get("history", []))}
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         atomic_write(path, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
         model.eval()

@@ -28,6 +28,12 @@ from bench.errors import BenchError
 
 log = logging.getLogger(__name__)
 
+
+def stdout_print(text: str) -> None:
+    import sys
+
+    sys.stdout.write(text)
+
 EVAL_SCENES = 72  # test scenes per domain for the manifest's per-class IoU (the 3 seeds x 24 of id_ood)
 EVAL_DOMAINS = ("synth-scannet", "synth-s3dis", "synth-matterport")
 SKIP_GRIDS = ("id_ood_real",)  # grids on real data: their models cannot be trained here
@@ -119,6 +125,8 @@ def _train_one(args) -> dict:
                       "machine": cpu_name(), "in_domain": packed_eval[dom],
                       "transfer": {d: v for d, v in packed_eval.items() if d != dom},
                       "pack_delta_miou": round(packed_eval[dom]["miou"] - float_eval[dom]["miou"], 4),
+                      "val_curve": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
+                                    for h in json.loads(meta.get("history", "[]"))],
                       "seconds_total": round(time.perf_counter() - t0, 1)}}
 
 
@@ -182,6 +190,74 @@ def _write(results: list[dict]) -> None:
     zoo.clear_cache()
 
 
+# Source-Only transfer between the real datasets (mean mIoU of two backbones in the TTT-KD paper, arXiv
+# 2403.11691): train rows, test columns ScanNet / S3DIS / Matterport3D.
+REAL_TRANSFER = {"scannet": (73.2, 66.6, 48.7), "s3dis": (54.7, 64.6, 44.1), "matterport3d": (47.2, 58.9, 54.5)}
+BAR_MIOU, BAR_SHARE, BAR_CLASS = 0.60, 0.01, 0.20  # the acceptance bar of the shipped plain models
+
+
+def markdown(models: dict[str, dict]) -> str:
+    """The shipped models as Markdown: a summary, the plain models' per-class IoU in their own domain and on
+    the other domains (with the acceptance bar checked), and the transfer matrix beside the real datasets'."""
+    from bench.data.classes import CLASSES
+
+    short = {"synth-scannet": "s-scannet", "synth-s3dis": "s-s3dis", "synth-matterport": "s-matterport"}
+    lines = ["| key | model | in-domain mIoU | train s (2-core) | MB | int8 delta |", "|---|---|---|---|---|---|"]
+    for key, e in sorted(models.items(), key=lambda kv: kv[1]["model"]):
+        lines.append(f"| `{key[:8]}` | {e['model']} | {100 * e['in_domain']['miou']:.1f} | {e['train_seconds']:.0f} | "
+                     f"{e['bytes'] / 1e6:.2f} | {100 * e.get('pack_delta_miou', 0.0):+.2f} |")
+    plain = {e["identity"]["data"]: e for e in models.values()
+             if e["identity"]["recipe"] == "source" and e["identity"]["backbone"] == "spunet"
+             and e["identity"]["n_train"] == 96}
+    doms = [d for d in EVAL_DOMAINS if d in plain]
+    if doms:
+        lines += ["", "Per-class IoU of the plain `spunet/source` models (rows: model -> test domain; "
+                  f"{EVAL_SCENES} test scenes each; `-`: class not scored there; **bold**: a class with >= "
+                  f"{100 * BAR_SHARE:.0f} % of the domain's points below {100 * BAR_CLASS:.0f} IoU in its own "
+                  "model)", "",
+                  "| model -> test | mIoU | " + " | ".join(CLASSES) + " |", "|---|---|" + "---|" * len(CLASSES)]
+        for d in doms:
+            e = plain[d]
+            for t in EVAL_DOMAINS:
+                r = e["in_domain"] if t == d else e["transfer"].get(t)
+                if r is None:
+                    continue
+                cells = []
+                for c in CLASSES:
+                    v = r["iou"].get(c)
+                    bad = t == d and v is not None and r["share"].get(c, 0) >= BAR_SHARE and v < BAR_CLASS
+                    cells.append("-" if v is None else (f"**{100 * v:.0f}**" if bad else f"{100 * v:.0f}"))
+                lines.append(f"| {short[d]} -> {short[t]} | {100 * r['miou']:.1f} | " + " | ".join(cells) + " |")
+        lines += ["", "Transfer matrix (mIoU of the plain models; rows train, columns test) beside the real datasets' "
+                  "Source-Only pattern (TTT-KD paper, mean of two backbones):", "",
+                  "| train \\ test | " + " | ".join(short[t] for t in EVAL_DOMAINS) + " | real: ScanNet | S3DIS | "
+                  "Matterport3D |", "|---|" + "---|" * (len(EVAL_DOMAINS) + 3)]
+        for d, real in zip(EVAL_DOMAINS, REAL_TRANSFER.values()):
+            if d not in plain:
+                continue
+            e = plain[d]
+            row = [100 * (e["in_domain"] if t == d else e["transfer"][t])["miou"] for t in EVAL_DOMAINS]
+            lines.append(f"| {short[d]} | " + " | ".join(f"{v:.1f}" for v in row) + " | "
+                         + " | ".join(f"{v:.1f}" for v in real) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_problems(models: dict[str, dict]) -> list[str]:
+    """Where a shipped plain spunet model misses the acceptance bar (in-domain mIoU, classes >= 1 % of points)."""
+    out = []
+    for e in models.values():
+        i = e["identity"]
+        if i["recipe"] != "source" or i["backbone"] != "spunet" or i["n_train"] != 96:
+            continue
+        r = e["in_domain"]
+        if r["miou"] < BAR_MIOU:
+            out.append(f"{e['model']}: in-domain mIoU {100 * r['miou']:.1f} < {100 * BAR_MIOU:.0f}")
+        for c, v in r["iou"].items():
+            if r["share"].get(c, 0) >= BAR_SHARE and v < BAR_CLASS:
+                out.append(f"{e['model']}: {c} ({100 * r['share'][c]:.1f} % of points) IoU {100 * v:.1f}")
+    return out
+
+
 def cmd(args, console) -> int:
     from backbones import zoo
 
@@ -193,6 +269,16 @@ def cmd(args, console) -> int:
                 console.print(f"[red]{p}[/]", markup=True)
             raise BenchError(f"zoo verify: {len(problems)} problem(s) in {zoo.ZOO_DIR}")
         console.print(f"zoo verify: {len(models)} model(s) match the manifest ({zoo.manifest_path()})")
+        return 0
+    if args.zoo_cmd == "report":
+        text = markdown(zoo.read_manifest())
+        if args.out:
+            args.out.write_text(text)
+            console.print(f"wrote {args.out}")
+        else:
+            stdout_print(text)
+        for p in bar_problems(zoo.read_manifest()):
+            console.print(f"below the bar: {p}", markup=False)
         return 0
     if args.zoo_cmd == "list":
         models = zoo.read_manifest()
@@ -213,6 +299,8 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="zoo_cmd", required=True)
     sub.add_parser("list", help="the models the default grids need and whether each is shipped")
     sub.add_parser("verify", help="check every shipped file against the manifest (sha256)")
+    r = sub.add_parser("report", help="Markdown tables of the shipped models: per-class IoU, transfer matrix")
+    r.add_argument("--out", type=Path, help="file to write (default: print)")
     t = sub.add_parser("train", help="train the shipped models (all, or --only KEY) and write them")
     t.add_argument("--only", action="append", default=[], metavar="KEY",
                    help="train only this model key (repeatable); without --replace it is compared with the shipped "
