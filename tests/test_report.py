@@ -25,11 +25,11 @@ REFERENCE = next((p for p in (REPO / "results" / "reference" / "id_ood", REPO / 
                   if (p / "cells.parquet").is_file()), None)
 
 
-def _conf(q: float) -> list[int]:
-    """A 2-class (wall, floor) confusion of 200 points with a fraction q right per class."""
+def _conf(q: float, n: int = 10_000) -> list[int]:
+    """A 2-class (wall, floor) confusion of n points per class with a fraction q right per class."""
     c = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    tp = int(round(100 * q))
-    c[0, 0], c[0, 1], c[1, 1], c[1, 0] = tp, 100 - tp, tp, 100 - tp
+    tp = int(round(n * q))
+    c[0, 0], c[0, 1], c[1, 1], c[1, 0] = tp, n - tp, tp, n - tp
     return c.reshape(-1).tolist()
 
 
@@ -86,19 +86,23 @@ def test_holm_matches_hand_computation():
     assert stats.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
 
 
-def test_bootstrap_over_seeds_and_scenes_covers_the_estimate_and_narrows_with_more_scenes():
+def test_bootstrap_over_units_covers_the_estimate_and_narrows_with_more_scenes():
+    # API changed (issue 27): confusion matrices per unit (U, C, C) with a Design of (model seed, seed, scene)
     rng = np.random.default_rng(0)
 
-    def confs(seeds, scenes):
-        return np.stack([[np.asarray(_conf(0.5 + 0.2 * rng.standard_normal())).reshape(NUM_CLASSES, NUM_CLASSES)
-                          for _ in range(scenes)] for _ in range(seeds)])
+    def confs(models, scenes):
+        c = np.stack([np.asarray(_conf(0.5 + 0.2 * rng.standard_normal())).reshape(NUM_CLASSES, NUM_CLASSES)
+                      for _ in range(models) for _ in range(scenes)])
+        keys = [(m, 0, f"{m}/{i}") for m in range(models) for i in range(scenes)]
+        return c, stats.Design.from_keys(*zip(*keys))
 
-    few, many = confs(2, 6), confs(3, 60)
-    for c in (few, many):
-        lo, hi = stats.bootstrap_ci(c, (0, 1))
-        est = np.mean([miou(s.sum(0), (0, 1)) for s in c])
+    (few, d_few), (many, d_many) = confs(2, 6), confs(3, 60)
+    for c, d, m in ((few, d_few, 2), (many, d_many, 3)):
+        lo, hi = stats.bootstrap_ci(c, d, (0, 1))
+        est = np.mean([miou(s.sum(0), (0, 1)) for s in c.reshape(m, -1, NUM_CLASSES, NUM_CLASSES)])
         assert lo < est < hi
-    assert np.subtract(*stats.bootstrap_ci(many, (0, 1))[::-1]) < np.subtract(*stats.bootstrap_ci(few, (0, 1))[::-1])
+    width = lambda c, d: np.subtract(*stats.bootstrap_ci(c, d, (0, 1))[::-1])  # noqa: E731
+    assert width(many, d_many) < width(few, d_few)
 
 
 def test_top_group_keeps_ties_and_drops_a_clearly_worse_candidate():
@@ -153,7 +157,8 @@ def test_each_backbone_is_compared_with_its_own_source_only():
             miou(np.asarray(_conf(base)).reshape(NUM_CLASSES, NUM_CLASSES), (0, 1))
         assert res.delta(f"TTT-KD [synth2d] {bb}", ("a", "b")) == pytest.approx(want)
     md = main_table(res, column_stats(res, n_boot=50)).to_markdown()
-    assert f"({100 * res.delta('TTT-KD [synth2d] pointnet2', ('a', 'b')):+.1f})" in md
+    # the change is the same on every scene: significant, starred (issue 27)
+    assert f"({100 * res.delta('TTT-KD [synth2d] pointnet2', ('a', 'b')):+.1f}*)" in md
 
 
 def test_several_seeds_show_mean_and_std_and_paired_delta():
@@ -164,7 +169,8 @@ def test_several_seeds_show_mean_and_std_and_paired_delta():
     m = c[c["row"] == "M"]["miou"]
     d = (m.to_numpy() - c[c["row"] == "Source-Only"].sort_values("seed")["miou"].to_numpy()).mean()
     line = next(r for r in main_table(res, column_stats(res, n_boot=50)).rows if r[0] == "M")
-    assert line[1] == f"{100 * m.mean():.1f} ± {100 * m.std():.1f} ({100 * d:+.1f})"
+    # +5 points on every scene of both seeds: the paired test rejects, so the change is starred (issue 27)
+    assert line[1] == f"{100 * m.mean():.1f} ± {100 * m.std():.1f} ({100 * d:+.1f}*)"
 
 
 def test_clearly_worse_method_leaves_the_bold_group_and_stats_table_is_holm_corrected():
@@ -175,7 +181,7 @@ def test_clearly_worse_method_leaves_the_bold_group_and_stats_table_is_holm_corr
     for j in (1, 2):
         assert (idx["Best"], j) in table.bold and (idx["Same"], j) in table.bold
         assert (idx["Worse"], j) not in table.bold and (idx["Source-Only"], j) not in table.bold
-    assert "Holm" in table.caption and "Wilcoxon" in table.caption
+    assert "Holm" in table.caption and "bootstrap test" in table.caption  # the test changed (issue 27)
     st = stats_table(res, n_boot=50)
     raw = [float(r[6]) for r in st.rows if r[6]]
     adj = [float(r[7]) for r in st.rows if r[7]]
@@ -196,7 +202,8 @@ def test_one_writer_renders_the_same_table_to_markdown_and_latex():
 
 def test_matched_cost_table_bands_methods_by_adaptation_time():
     res = results([BASE, row("Cheap", quality=0.6, adapt_s=0.05), row("Mid", quality=0.55, adapt_s=0.3),
-                   row("Dear", quality=0.7, adapt_s=1.0, noise=0.01), row("Dear2", quality=0.5, adapt_s=1.5)])
+                   row("Dear", quality=0.7, adapt_s=1.0, noise=0.01), row("Dear2", quality=0.53, adapt_s=1.5)])
+    # (Dear2 had Source-Only's quality exactly, which is now an inert row, neither ranked nor banded: 0.53)
     t = cost_matched_table(res, column_stats(res, n_boot=50))
     band = {r[1]: r[0] for r in t.rows}
     # unit = Source-Only forward 0.1 s: 0.5x, 3x, 10x and 15x
@@ -269,13 +276,24 @@ def _write(folder: Path, cells: pd.DataFrame, scenes: pd.DataFrame, grid: str = 
     return folder
 
 
+def _conf_of_miou(m: float) -> list[int]:
+    """A confusion as ``_conf`` whose mIoU is ``m`` (q right per class: mIoU = q / (2 - q))."""
+    return _conf(2 * m / (1 + m))
+
+
 def _shift(cells, scenes, label, by, only_scene=None):
+    """Move the per-scene mIoU of ``label``'s scenes by ``by`` (clipped to [0, 1]) through their confusion
+    matrices (compare scores from them since issue 27; shifting the recorded mIoU alone no longer counts)."""
     cells, scenes = cells.copy(), scenes.copy()
     ids = set(cells.loc[cells["label"] == label, "cell_id"])
     sel = scenes["cell_id"].isin(ids) & ((scenes["scene"] == only_scene) if only_scene else True)
-    scenes.loc[sel, "miou"] += by
-    per = scenes[scenes["cell_id"].isin(ids)].groupby("cell_id")["miou"].mean()
-    cells.loc[cells["cell_id"].isin(ids), "miou"] = cells.loc[cells["cell_id"].isin(ids), "cell_id"].map(per)
+    for i in scenes.index[sel]:
+        m = float(np.clip(miou(np.asarray(scenes.at[i, "conf"]).reshape(NUM_CLASSES, NUM_CLASSES)) + by, 0, 1))
+        scenes.at[i, "conf"] = _conf_of_miou(m)
+        scenes.at[i, "miou"] = m
+    pooled = {cid: miou(np.sum([np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES) for c in g["conf"]], 0))
+              for cid, g in scenes[scenes["cell_id"].isin(ids)].groupby("cell_id")}
+    cells.loc[cells["cell_id"].isin(ids), "miou"] = cells.loc[cells["cell_id"].isin(ids), "cell_id"].map(pooled)
     return cells, scenes
 
 
@@ -295,11 +313,14 @@ def test_compare_tolerates_cross_cpu_noise_and_a_gap_carried_by_one_scene():
     cells, scenes = fake([BASE, row("M", quality=0.7, noise=0.05)], scenes=8)
     small = compare_frames(*_shift(cells, scenes, "M", SINGLE_SEED_TOL * 0.8), cells, scenes)
     assert set(small["verdict"]) == {"agree"}
-    one = compare_frames(*_shift(cells, scenes, "M", 0.8, only_scene="test_0003"), cells, scenes)
+    # one scene made perfect (mIoU 1; the per-scene mIoU is bounded by 1 now that it comes from the confusion
+    # matrices, so the row starts low: quality 0.3)
+    cells, scenes = fake([BASE, row("M", quality=0.3, noise=0.05)], scenes=6)
+    one = compare_frames(*_shift(cells, scenes, "M", 1.0, only_scene="test_0003"), cells, scenes)
     m = one[one["label"] == "M"]
     assert (m["delta"].abs() > SINGLE_SEED_TOL).all() and set(m["verdict"]) == {"agree"}
     # without per-scene rows the tolerance alone decides
-    run_cells = _shift(cells, scenes, "M", 0.8, only_scene="test_0003")[0]
+    run_cells = _shift(cells, scenes, "M", 1.0, only_scene="test_0003")[0]
     no_scenes = compare_frames(run_cells, scenes.iloc[0:0], cells, scenes.iloc[0:0])
     assert set(no_scenes[no_scenes["label"] == "M"]["verdict"]) == {"differs"}
 
