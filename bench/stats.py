@@ -132,10 +132,11 @@ class Design:
 
     def describe(self) -> str:
         m = self.n_models
-        top = f"{m} model seeds resampled, scenes nested within them" if m > 1 else "one model"
-        scenes = ("scenes shared by several streams drawn once for all of them (crossed)" if self.crossed
-                  else "scenes resampled within each stream")
-        return f"{top}; {scenes}"
+        top = f"{m} model seeds resampled" if m > 1 else "one model"
+        if self.crossed:
+            return f"{top}; scenes shared by several streams drawn once for all of them (crossed)"
+        return top + ("; scenes resampled within each stream, nested in their model seed" if m > 1
+                      else "; scenes resampled within each stream")
 
     def weights(self, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(w_model (B, M), w_unit (B, U)): multiplicities of one bootstrap resample per row. The

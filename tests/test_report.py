@@ -13,12 +13,13 @@ from rich.console import Console
 
 from bench import stats
 from bench.compare import SINGLE_SEED_TOL, compare, compare_frames, default_reference
-from bench.data.classes import NUM_CLASSES
+from bench.data.classes import CLASSES, NUM_CLASSES
 from bench.errors import BenchError
 from bench.metrics import miou
 from bench.report import Results, column_stats, cost_matched_table, main_table, make_report, stats_table
-from bench.report.figures import FIGURES, figure, figures, place_labels
+from bench.report.figures import FIGURES, figure, figures, place_labels, reliability_table
 from bench.report.frame import with_roles
+from bench.report.tables import pct
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = next((p for p in (REPO / "results" / "reference" / "id_ood", REPO / "results" / "id_ood")
@@ -34,14 +35,16 @@ def _conf(q: float, n: int = 10_000) -> list[int]:
 
 
 def row(label, method="tent", quality=0.5, recipe="source", train_on="source", teacher="", params=None,
-        backbone="spunet", adapt_s=0.1, noise=0.0):
+        backbone="spunet", adapt_s=0.1, noise=0.0, confidence=None):
     return dict(label=label, method=method, quality=quality, recipe=recipe, train_on=train_on, teacher=teacher,
-                params=params or {}, backbone=backbone, adapt_s=adapt_s, noise=noise)
+                params=params or {}, backbone=backbone, adapt_s=adapt_s, noise=noise, confidence=confidence)
 
 
-def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_column=True, seed=0):
+def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_column=True, seed=0, v3=False):
     """Cells and scenes frames: each row's per-scene accuracy is ``quality`` (a float or a function of
-    (source, target, seed)) plus seeded noise of size ``noise`` per scene."""
+    (source, target, seed)) plus seeded noise of size ``noise`` per scene. ``v3``: protocol v3 rows (a
+    ``model_seed`` column, one model; each seed draws its own scenes). A row with ``confidence`` gets
+    calibration histograms: every point in the bin of that confidence."""
     rng = np.random.default_rng(seed)
     cells, scene_rows = [], []
     for spec in rows:
@@ -54,8 +57,14 @@ def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_colum
                     q = float(np.clip(q0 + spec["noise"] * rng.standard_normal(), 0, 1))
                     conf = _conf(q)
                     confs.append(np.asarray(conf).reshape(NUM_CLASSES, NUM_CLASSES))
-                    scene_rows.append(dict(cell_id=cid, scene=f"test_{i:04d}", index=i, n_points=200,
-                                           miou=miou(confs[-1], (0, 1)), conf=conf))
+                    scene_rows.append(dict(cell_id=cid, scene=f"test_{s}_{i:04d}" if v3 else f"test_{i:04d}",
+                                           index=i, n_points=200, miou=miou(confs[-1], (0, 1)), conf=conf))
+                    if spec["confidence"] is not None:
+                        n, b = int(confs[-1].sum()), min(int(spec["confidence"] * 15), 14)
+                        count, csum, right = np.zeros(15), np.zeros(15), np.zeros(15)
+                        count[b], csum[b], right[b] = n, n * spec["confidence"], np.trace(confs[-1])
+                        scene_rows[-1].update(calib_count=count.tolist(), calib_conf=csum.tolist(),
+                                              calib_correct=right.tolist())
                 cell = dict(cell_id=cid, status="ok", error="", miou=miou(np.sum(confs, 0), (0, 1)),
                             eval_classes="wall,floor", method=spec["method"], label=spec["label"],
                             params=json.dumps(spec["params"]), episodic=True, recipe=spec["recipe"],
@@ -64,6 +73,8 @@ def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_colum
                             n_train=8, n_test=scenes, features="color", train_cfg="{}",
                             steps_per_scene=1.0, adapt_s_per_scene=spec["adapt_s"], infer_s_per_scene=0.1,
                             teacher_s=0.0, peak_mem_mb=10.0, mem_kind="cpu_rss_delta")
+                if v3:
+                    cell["model_seed"] = 0
                 cells.append(cell)
     cells = pd.DataFrame(cells)
     if role_column:
@@ -365,3 +376,178 @@ def test_compare_without_common_rows_is_an_error(tmp_path):
     b, sb = fake([BASE], pairs=(("x", "y"),))
     with pytest.raises(BenchError, match="nothing|no \\(method, pair\\) in common"):
         compare(_write(tmp_path / "a", a, sa), _write(tmp_path / "b", b, sb), Console(record=True))
+
+
+# ------------------------------------------------------------------------------------ protocol v3
+BN = row("BN-Adapt", "bn_adapt", 0.6, adapt_s=0.01)
+
+
+def test_a_row_made_inert_on_purpose_is_named_in_every_table_and_not_ranked(tmp_path):
+    """"Stuck" predicts exactly what BN-Adapt predicts (SAR at lr 1e-4 in id_ood): no effect at these settings;
+    "Working" moves by a few points and is ranked as before."""
+    rows = [BASE, BN, row("Stuck", "sar", 0.6, adapt_s=0.02), row("Working", "tent", 0.55, noise=0.01)]
+    res = results(rows, seeds=(0, 1), scenes=10)
+    assert res.inert == {"Stuck"} and res.inert_detail["Stuck"] == ("BN-Adapt", "equivalent")
+    assert "Stuck" not in res.ranked() and "Working" in res.ranked()
+    cs = column_stats(res, n_boot=50)
+    main = main_table(res, cs)
+    name = "Stuck (no effect at these settings)"
+    i = [r[0] for r in main.rows].index(name)
+    assert main.rows[i][-1] == "-" and not any((i, j) in main.bold for j in range(len(main.header)))
+    bn = [r[0] for r in main.rows].index("BN-Adapt")
+    assert {(bn, 1), (bn, 2)} <= main.bold  # it ties the best row, but only BN-Adapt is bold
+    assert "Stuck (as BN-Adapt: equivalent)" in main.caption
+    folder = tmp_path / "run"
+    _write(folder, *fake(rows, seeds=(0, 1), scenes=10))
+    make_report(folder)
+    for t in ("table_main", "table_cost", "table_stats"):
+        assert name in (folder / "report" / f"{t}.md").read_text(), t
+    matched = (folder / "report" / "table_cost_matched.md").read_text()
+    assert "Stuck" not in matched.split("\n\n")[0] and "Working" in matched  # not ranked in a band either
+
+
+def test_change_against_bn_adapt_beside_the_change_against_source_only():
+    rows = [BASE, BN, row("Beyond", "ttt_kd", lambda s, t, seed: 0.65), row("Same", "tent", 0.6, noise=0.002)]
+    res = results(rows, seeds=(0, 1), scenes=10)
+    main = main_table(res, column_stats(res, n_boot=50))
+    line = {r[0]: r for r in main.rows}
+    d_so, d_bn = res.delta("Beyond", ("a", "b")), res.delta("Beyond", ("a", "b"), "bn")
+    assert d_bn > 0.03 and f"({100 * d_so:+.1f}*, BN {100 * d_bn:+.1f}*)" in line["Beyond"][1]
+    assert "BN " in line["Same"][1] and "BN +0.0*" not in line["Same"][1] and "BN -0.0*" not in line["Same"][1]
+    assert "BN" not in line["Source-Only"][1] and "BN" not in line["BN-Adapt"][1]  # BN-Adapt's own change is vs SO
+    assert "against BN-Adapt" in main.caption
+    no_bn = results([BASE, row("M", quality=0.6)])
+    assert "No BN-Adapt row" in main_table(no_bn, column_stats(no_bn, n_boot=50)).caption
+
+
+def _model_effect(s, t, seed):
+    return 0.6 + {0: 0.05, 1: 0.05, 2: -0.03}[seed]
+
+
+@pytest.mark.parametrize("v3", [False, True])
+def test_a_gain_in_two_of_three_models_does_not_split_the_bold_group(v3):
+    """Old rows: seed = model seed, shared scenes (crossed); v3 rows: three model seeds, each with its own
+    scenes (nested). Either way the three models are the independent units: A is not significantly above B."""
+    cells, scenes = fake([row("A", "tent", _model_effect, noise=0.003), row("B", "eata", 0.6, noise=0.003)],
+                         pairs=(("a", "b"),), seeds=(0, 1, 2), scenes=12, v3=v3)
+    if v3:
+        cells["model_seed"] = cells["seed"]
+    res = Results.from_frames(cells, scenes)
+    cs = column_stats(res, n_boot=50)
+    assert cs.groups[("a", "b")].members == {"A", "B"}
+    want = "3 model seeds resampled" + ("" if v3 else "; scenes shared by several streams drawn once")
+    assert cs.designs[("a", "b")].startswith(want)
+    # the same rows with one model (v3, model seed 0): the 36 scenes are the units and A is above B
+    one, sc1 = fake([row("A", "tent", _model_effect, noise=0.003), row("B", "eata", 0.6, noise=0.003)],
+                    pairs=(("a", "b"),), seeds=(0, 1, 2), scenes=12, v3=True)
+    cs1 = column_stats(Results.from_frames(one, sc1), n_boot=50)
+    assert cs1.groups[("a", "b")].members == {"A"} and cs1.designs[("a", "b")].startswith("one model")
+
+
+def _cells_scenes(spec: dict[str, list[list[int]]], pair=("a", "b")):
+    """Cells and scenes of one seed from explicit per-scene confusion matrices (flattened) per row label."""
+    cells, scenes = [], []
+    for k, (label, confs) in enumerate(spec.items()):
+        method = "source" if label == "Source-Only" else f"m{k}"
+        cid = f"{label}|{pair}"
+        total = np.sum([np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES) for c in confs], 0)
+        cells.append(dict(cell_id=cid, status="ok", miou=0.0, eval_classes="wall,floor,sofa,bed", method=method,
+                          label=label, params="{}", recipe="source", train_on="source", teacher="", backbone="spunet",
+                          source=pair[0], target=pair[1], seed=0, n_test=len(confs), adapt_s_per_scene=0.1,
+                          infer_s_per_scene=0.1, recorded_miou_old_rule=miou_old(total)))
+        for i, c in enumerate(confs):
+            scenes.append(dict(cell_id=cid, scene=f"s{i}", index=i, conf=list(c),
+                               miou=miou_old(np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES))))
+    cells = pd.DataFrame(cells)
+    cells["miou"] = cells["recorded_miou_old_rule"]
+    return with_roles(cells), pd.DataFrame(scenes)
+
+
+def miou_old(conf: np.ndarray) -> float:
+    """The rule before issue 27: a class in the prediction but not in the truth scored 0."""
+    tp = np.diag(conf).astype(float)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+    return float(np.nanmean(iou))
+
+
+def test_pooled_and_per_scene_orders_that_disagree_are_marked():
+    big, small = 10_000, 100
+    spec = {"A": [_conf(0.9, big)] + [_conf(0.5, small)] * 3, "B": [_conf(0.8, big)] + [_conf(0.6, small)] * 3}
+    res = Results.from_frames(*_cells_scenes(spec))
+    cs = column_stats(res, n_boot=50)
+    assert cs.mean[("A", ("a", "b"))] > cs.mean[("B", ("a", "b"))]
+    assert cs.per_scene[("A", ("a", "b"))] < cs.per_scene[("B", ("a", "b"))]
+    assert cs.disagree[("a", "b")] == [("A", "B")]
+    main = main_table(res, cs)
+    assert all(r[1].endswith(" ‡") for r in main.rows)
+    assert "‡ A > B: A has the higher mIoU, B the higher mean per-scene mIoU. a→b: A > B." in main.caption
+    assert "$^\\ddagger$" in main.to_latex()
+    agree = {"A": [_conf(0.9, big)] + [_conf(0.7, small)] * 3, "B": [_conf(0.8, big)] + [_conf(0.6, small)] * 3}
+    cs2 = column_stats(Results.from_frames(*_cells_scenes(agree)), n_boot=50)
+    assert cs2.disagree[("a", "b")] == [] and "‡" not in main_table(Results.from_frames(*_cells_scenes(agree)),
+                                                                   cs2).caption
+
+
+def _with_strays(q: float, stray: int) -> list[int]:
+    """wall and floor (n = 1000 each, q right); ``stray`` wall points predicted as sofa and as bed, classes
+    the target does not have."""
+    c = np.asarray(_conf(q, 1000)).reshape(NUM_CLASSES, NUM_CLASSES)
+    c[0, 0] -= 2 * stray
+    c[0, 5] += stray  # sofa
+    c[0, 6] += stray  # bed
+    return c.reshape(-1).tolist()
+
+
+def test_a_class_the_target_lacks_is_not_scored_and_structure_object_columns(tmp_path):
+    spec = {"Source-Only": [_with_strays(0.7, 3)] * 4, "TENT": [_with_strays(0.8, 2)] * 4}
+    cells, scenes = _cells_scenes(spec)
+    res = Results.from_frames(cells, scenes)
+    for label, q, stray in (("Source-Only", 0.7, 3), ("TENT", 0.8, 2)):
+        c = res.cells[res.cells["row"] == label].iloc[0]
+        total = 4 * np.asarray(_with_strays(q, stray)).reshape(NUM_CLASSES, NUM_CLASSES)
+        iou = [total[k, k] / (total[k].sum() + total[:, k].sum() - total[k, k]) for k in (0, 1)]
+        assert c["miou"] == pytest.approx(np.mean(iou))  # sofa and bed are not scored
+        assert c["miou_recorded"] == pytest.approx(np.mean(iou) / 2)  # the old rule: two zeros in the mean
+        assert c["miou_structure"] == pytest.approx(np.mean(iou)) and np.isnan(c["miou_object"])
+    main = main_table(res, column_stats(res, n_boot=50))
+    assert main.header[-4:] == ["structure", "object", "ECE", "mean rank [95% CI]"]
+    tent = next(r for r in main.rows if r[0] == "TENT")
+    assert tent[1].startswith(pct(res.cells.loc[res.cells["row"] == "TENT", "miou"].iloc[0]))
+    assert tent[-4] == pct(res.cells.loc[res.cells["row"] == "TENT", "miou_structure"].iloc[0]) and tent[-3] == "-"
+
+
+def test_structure_and_object_mean_over_pairs():
+    c = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    c[0, 0], c[0, 3] = 80, 20  # wall: 80 right, 20 taken for chair
+    c[3, 3] = 60  # chair
+    c[2, 2] = 50  # ceiling
+    res = Results.from_frames(*_cells_scenes({"M": [c.reshape(-1).tolist()]}))
+    m = res.cells.iloc[0]
+    assert m["miou_structure"] == pytest.approx((80 / 100 + 1.0) / 2) and m["miou_object"] == pytest.approx(60 / 80)
+
+
+def test_ece_column_and_reliability_figure(tmp_path):
+    rows = [row("Source-Only", "source", 0.5, adapt_s=0.0, confidence=0.9), row("M", quality=0.7, confidence=0.72)]
+    res = results(rows)
+    main = main_table(res, column_stats(res, n_boot=50))
+    line = {r[0]: r for r in main.rows}
+    assert line["Source-Only"][-2] == pct(0.4) and line["M"][-2] == pct(0.02)  # |confidence - accuracy|
+    names = {p.name for p in figures(res, tmp_path)}
+    assert {"fig_reliability.png", "fig_reliability.svg"} <= names
+    no_hist = results([BASE, row("M")])
+    assert reliability_table(no_hist).empty and main_table(no_hist, column_stats(no_hist, n_boot=50)).rows[0][-2] == "-"
+
+
+def test_compare_scores_an_old_reference_and_a_new_run_by_one_rule():
+    """The reference recorded mIoU with stray predictions of absent classes scored 0 (before issue 27); a
+    run of the same code after it records the new rule's value. Scored by one rule they agree."""
+    spec = {"Source-Only": [_with_strays(0.7, 3)] * 6, "TENT": [_with_strays(0.8, 2)] * 6}
+    ref_cells, ref_scenes = _cells_scenes(spec)
+    run_cells, run_scenes = _cells_scenes(spec)
+    rescored, _ = stats.rescore(run_cells, run_scenes, CLASSES)
+    run_cells["miou"] = rescored["miou"]
+    run_scenes["miou"] = [miou(np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES)) for c in run_scenes["conf"]]
+    assert (run_cells["miou"] - ref_cells["miou"]).abs().min() > 2 * SINGLE_SEED_TOL
+    out = compare_frames(run_cells, run_scenes, ref_cells, ref_scenes)
+    assert set(out["verdict"]) == {"agree"} and np.allclose(out["delta"], 0)

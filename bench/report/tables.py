@@ -264,8 +264,7 @@ def main_table(res: Results, cs: ColumnStats | None = None) -> Table:
         "gain beyond re-estimating normalisation statistics; * where the two-sided test rejects at 0.05 after Holm "
         "correction over the table's comparisons against the same reference. " + SIG_TEXT + ". Tests: "
         + TEST_TEXT + ". "
-        f"{DISAGREE}: the mean per-scene mIoU (the statistic the tests use) orders this row and another ranked row of "
-        "the column the other way round from the headline mIoU (pairs listed below). Structure / object: mIoU over "
+        "Structure / object: mIoU over "
         "wall, floor, ceiling / over every other class, mean over pairs and seeds. ECE (%): expected calibration "
         "error of the maximum softmax probability (15 equal-width bins, pooled over each cell's scenes), mean over "
         "pairs and seeds; '-' where the rows carry no calibration histograms. Mean rank: rank within each column "
@@ -286,7 +285,9 @@ def main_table(res: Results, cs: ColumnStats | None = None) -> Table:
     flips = [f"{short(s)}→{short(t)}: " + ", ".join(f"{a} > {b}" for a, b in cs.disagree[(s, t)])
              for (s, t) in cols if cs.disagree.get((s, t))]
     if flips:
-        caption += (f"\n{DISAGREE} A > B: A has the higher mIoU, B the higher mean per-scene mIoU. "
+        caption += (f" {DISAGREE}: the mean per-scene mIoU (the statistic the tests use) orders this row and another "
+                    "ranked row of the column the other way round from the headline mIoU (pairs listed below)."
+                    f"\n{DISAGREE} A > B: A has the higher mIoU, B the higher mean per-scene mIoU. "
                     + "; ".join(flips) + ".")
     return Table(header, rows, caption, bold, sources + [("", 4)])
 
