@@ -80,3 +80,13 @@ def test_a_reference_run_into_an_old_layout_folder_drops_its_stale_csv(tmp_path)
         ref.append(*_rows("t2", rng))
     assert not (ref.out / "cells.csv").exists() and len(ref.cells()) == 5
     assert set(DERIVED) <= set(ref.scenes().columns) and not set(DERIVED) & set(pd.read_parquet(ref.scenes_path))
+
+
+def test_bench_world_reads_the_bn_share_from_a_compact_reference(tmp_path):
+    from bench.world import bn_share
+
+    rows = [{"label": lab, "source": "synth-scannet", "target": "synth-s3dis", "miou": m, "seed": 0}
+            for lab, m in (("Source-Only", 0.2), ("BN-Adapt", 0.3), ("Oracle", 0.6))]
+    pd.DataFrame(rows).to_parquet(tmp_path / "cells.parquet", compression="zstd")
+    (share,) = bn_share(tmp_path)
+    assert abs(share["bn_share"] - 0.25) < 1e-9
