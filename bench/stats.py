@@ -47,6 +47,7 @@ Tests
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,7 @@ def miou_batch(confs: np.ndarray, classes: tuple[int, ...] | None = None) -> np.
 
 # ----------------------------------------------------------------------------------------- design
 _WEIGHTS: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+WEIGHT_CELLS = 4_000_000  # unit weights held at once (32 MB)
 
 
 def _draw(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
@@ -138,14 +140,7 @@ class Design:
         return top + ("; scenes resampled within each stream, nested in their model seed" if m > 1
                       else "; scenes resampled within each stream")
 
-    def weights(self, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(w_model (B, M), w_unit (B, U)): multiplicities of one bootstrap resample per row. The
-        same design, ``n_boot`` and ``seed`` give the same weights (kept for reuse; read-only)."""
-        key = (self.model.tobytes(), self.stream.tobytes(), self.scene.tobytes(), self.crossed, n_boot, seed)
-        hit = _WEIGHTS.get(key)
-        if hit is not None:
-            return hit
-        rng = np.random.default_rng(seed)
+    def _draw_weights(self, rng: np.random.Generator, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
         m = self.n_models
         w_model = _draw(rng, n_boot, m) if m > 1 else np.ones((n_boot, max(m, 1)))
         w_unit = np.zeros((n_boot, self.n_units))
@@ -155,12 +150,40 @@ class Design:
             for s in range(int(self.stream.max()) + 1 if self.n_units else 0):
                 idx = np.flatnonzero(self.stream == s)
                 w_unit[:, idx] = _draw(rng, n_boot, len(idx))
+        return w_model, w_unit
+
+    def iter_weights(self, n_boot: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The ``n_boot`` resamples of ``weights`` in chunks of at most ``WEIGHT_CELLS`` unit weights
+        (one chunk, kept for reuse, where they fit), so a design of many units stays small in memory.
+        The same design, ``n_boot`` and ``seed`` give the same resamples."""
+        step = max(1, WEIGHT_CELLS // max(self.n_units, 1))
+        if step >= n_boot:
+            yield self.weights(n_boot, seed)
+            return
+        rng = np.random.default_rng(seed)
+        for lo in range(0, n_boot, step):
+            yield self._draw_weights(rng, min(step, n_boot - lo))
+
+    def weights(self, n_boot: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(w_model (B, M), w_unit (B, U)): multiplicities of one bootstrap resample per row. The
+        same design, ``n_boot`` and ``seed`` give the same weights (kept for reuse; read-only)."""
+        key = (self.model.tobytes(), self.stream.tobytes(), self.scene.tobytes(), self.crossed, n_boot, seed)
+        hit = _WEIGHTS.get(key)
+        if hit is not None:
+            return hit
+        w_model, w_unit = self._draw_weights(np.random.default_rng(seed), n_boot)
         for w in (w_model, w_unit):
             w.setflags(write=False)
         if len(_WEIGHTS) >= 32:
             _WEIGHTS.pop(next(iter(_WEIGHTS)))
         _WEIGHTS[key] = (w_model, w_unit)
         return w_model, w_unit
+
+    def boot_nested_mean(self, values: np.ndarray, n_boot: int, seed: int = 0) -> np.ndarray:
+        """(n_boot, R) resampled per-scene estimates of ``values`` (U,) or (U, R)."""
+        v = np.asarray(values, dtype=np.float64)
+        v = v[:, None] if v.ndim == 1 else v
+        return np.concatenate([self.nested_mean(v, wm, wu) for wm, wu in self.iter_weights(n_boot, seed)])
 
     def nested_mean(self, values: np.ndarray, w_model: np.ndarray | None = None,
                     w_unit: np.ndarray | None = None) -> np.ndarray:
@@ -271,8 +294,8 @@ def paired_test(a: np.ndarray, b: np.ndarray, design: Design | None = None, alte
     if not np.isfinite(d).any():
         return float("nan"), float("nan")
     point = float(design.nested_mean(d))
-    star = design.nested_mean(d, *design.weights(n_boot, seed))
-    return point, float(boot_p(np.array([point]), star[:, None], alternative)[0])
+    star = design.boot_nested_mean(d, n_boot, seed)
+    return point, float(boot_p(np.array([point]), star, alternative)[0])
 
 
 def holm(p: list[float] | np.ndarray) -> np.ndarray:
@@ -312,7 +335,7 @@ def top_group(means: dict[str, float], paired: dict[str, np.ndarray], design: De
     d = np.stack([np.asarray(paired[best], float) - np.asarray(paired[k], float) for k in others], 1)
     design = _design(design, d.shape[0])
     point = design.nested_mean(d)
-    raw = boot_p(point, design.nested_mean(d, *design.weights(n_boot, seed)), "greater")
+    raw = boot_p(point, design.boot_nested_mean(d, n_boot, seed), "greater")
     adj = holm(raw)
     p = {k: float(v) for k, v in zip(others, adj)}
     members = {best} | {k for k in others if not (np.isfinite(p[k]) and p[k] < alpha)}
@@ -328,7 +351,7 @@ def bootstrap_miou(confs: np.ndarray, design: Design | None, classes: tuple[int,
     if confs.ndim == 3:
         confs = confs[None]
     design = _design(design, confs.shape[1])
-    return design.pooled_miou(confs, classes, *design.weights(n_boot, seed))
+    return np.concatenate([design.pooled_miou(confs, classes, wm, wu) for wm, wu in design.iter_weights(n_boot, seed)])
 
 
 def bootstrap_ci(confs: np.ndarray, design: Design | None, classes: tuple[int, ...] | None, n_boot: int = N_BOOT,
@@ -414,7 +437,7 @@ def inert(a: np.ndarray, b: np.ndarray, design: Design | None = None, same: np.n
         return Inertness(bool(ok), "identical predictions" if ok else "", float("nan"), float("nan"), float("nan"),
                          agree)
     point = float(design.nested_mean(d))
-    star = design.nested_mean(d, *design.weights(n_boot, seed))
+    star = design.boot_nested_mean(d, n_boot, seed)[:, 0]
     star = star[np.isfinite(star)]
     lo, hi = (float(np.percentile(star, 100 * alpha)), float(np.percentile(star, 100 * (1 - alpha)))) if len(star) \
         else (float("nan"), float("nan"))

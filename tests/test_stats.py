@@ -199,3 +199,20 @@ def test_rescore_pools_calibration_histograms_and_refuses_means_instead_of_sums(
     bad = scenes.assign(calib_conf=[[v / 10 if v else 0.0 for v in h1[1]], h2[1]])  # a mean, not a sum
     with pytest.raises(BenchError, match="cell c: calibration histograms"):
         stats.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [1.0]}), bad, CLASSES)
+
+
+def test_many_units_are_resampled_in_chunks_with_the_same_rules(monkeypatch):
+    monkeypatch.setattr(stats, "WEIGHT_CELLS", 50)  # 20 units: chunks of 2 resamples
+    keys = [(m, s, f"{m}{s}{i}") for m in range(2) for s in range(2) for i in range(5)]
+    d = stats.Design.from_keys(*zip(*keys))
+    chunks = list(d.iter_weights(7, seed=4))
+    assert [len(wm) for wm, _ in chunks] == [2, 2, 2, 1]
+    for _, wu in chunks:
+        for s in range(4):
+            assert (wu[:, d.stream == s].sum(1) == 5).all()
+    v = np.arange(20.0)
+    a, b = d.boot_nested_mean(v, 7, seed=4), d.boot_nested_mean(v, 7, seed=4)
+    assert a.shape == (7, 1) and np.array_equal(a, b)
+    # the (recorded) ECE of cells without histograms is kept
+    out, _ = stats.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [0.3], "ece": [0.07]}), pd.DataFrame(), CLASSES)
+    assert out.at[0, "ece"] == 0.07 and out.at[0, "miou"] == 0.3
