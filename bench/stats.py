@@ -19,7 +19,10 @@ independent decides how it is resampled:
   units.
 
 Scenes of an online stream are dependent through the adapted state; resampling them treats the
-stream's scenes as exchangeable (the order that ran is one draw).
+stream's scenes as exchangeable (the order that ran is one draw). With few model seeds the
+model-level resampling has few distinct draws (10 multisets of 3 seeds) and its variance of a mean
+over M seeds is (M - 1) / M of the textbook estimate: with 3 model seeds a difference must hold in
+every model to be significant, which is the honest reading of 3 models.
 
 The per-scene estimate of a result is the mean over model seeds of the mean over that model's scenes
 (scenes of all its streams together); a resample weights both means by the drawn multiplicities.
@@ -28,6 +31,10 @@ of the stream's mIoU from its summed confusion matrices; a resample sums each st
 
 Tests
 -----
+The tests compare per-scene mIoU (``bench.metrics``: each scene scores the classes it has); the
+headline the report shows is the pooled mIoU. Where the two order two rows differently the report
+says so.
+
 * ``paired_test``: paired bootstrap test of the mean per-scene difference a - b (per-scene mIoU of
   two rows on the same units), with the resampling above; the p-value is the centred bootstrap
   p-value (the distribution of d* - d stands for the null distribution of d): two-sided
