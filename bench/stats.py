@@ -20,9 +20,11 @@ independent decides how it is resampled:
 
 Scenes of an online stream are dependent through the adapted state; resampling them treats the
 stream's scenes as exchangeable (the order that ran is one draw). With few model seeds the
-model-level resampling has few distinct draws (10 multisets of 3 seeds) and its variance of a mean
-over M seeds is (M - 1) / M of the textbook estimate: with 3 model seeds a difference must hold in
-every model to be significant, which is the honest reading of 3 models.
+model-level resampling is coarse: 3 seeds give 10 distinct multisets, and (scene noise aside) the
+centred one-sided p-value below is the share of multisets, weighted by their probability, whose
+mean over models reaches twice the observed mean; so a difference of +5, +5 and -3 points over three
+models is not significant (p ~ 0.3), while +5, +5 and -0.5 is. Read model-level p-values from fewer
+than about ten model seeds as approximate.
 
 The per-scene estimate of a result is the mean over model seeds of the mean over that model's scenes
 (scenes of all its streams together); a resample weights both means by the drawn multiplicities.
