@@ -11,10 +11,16 @@ changes with the code), and each (row, pair) gets a verdict:
   issue 15's measurement: the 117 ``id_ood`` cells run with the same code, seed and threads on an
   AMD EPYC instead of the reference's Intel Xeon differed by 0.9 mIoU points on average (median
   0.6) and by at most 6.0 (a Joint-Train cell whose training diverged).
-* When both folders have per-scene rows, a two-sided Wilcoxon signed-rank test on the per-scene
-  mIoU differences (pairs = same seed and scene) guards the tolerance: a cell outside the
-  tolerance disagrees only if the test also finds a systematic difference (p < ``ALPHA``); a gap
-  carried by one or two scenes is noise. Without per-scene rows the tolerance alone decides.
+* When both folders have per-scene rows, a two-sided paired bootstrap test on the per-scene mIoU
+  differences (pairs = same model seed, seed and scene; ``bench.stats.paired_test``: scenes resampled
+  within each seed's stream, model seeds first where there are several, shared scenes drawn once)
+  guards the tolerance: a cell outside the tolerance disagrees only if the test also finds a
+  systematic difference (p < ``ALPHA``); a gap carried by one or two scenes is noise. Without
+  per-scene rows the tolerance alone decides.
+* Both folders are scored by the current rule (``bench.stats.rescore``: cell and scene mIoU from the
+  per-scene confusion matrices, a class without ground-truth points not scored), so a reference
+  written under an earlier rule compares with a new run on equal terms; folders without per-scene
+  rows keep the mIoU their cells recorded.
 * A run cell that errored disagrees. Rows only in one folder are listed but do not fail.
 
 Returns 0 when every compared (row, pair) agrees, else 1.
@@ -34,9 +40,10 @@ from rich.markup import escape
 from rich.table import Table
 from scipy import stats as sps
 
+from bench.data.classes import CLASSES
 from bench.env import PROJECT_ROOT
 from bench.errors import BenchError
-from bench.stats import paired_test
+from bench.stats import Design, paired_test, rescore
 from bench.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -121,12 +128,24 @@ def _per_scene(scenes: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame | None
     if scenes.empty:
         return None
     parts = []
-    for r in cells.itertuples():
-        g = scenes[scenes["cell_id"] == r.cell_id]
+    for cid, ms, sd in zip(cells["cell_id"], cells["model_seed"], cells["seed"]):
+        g = scenes[scenes["cell_id"] == cid]
         if g.empty:
             return None
-        parts.append(g.assign(seed=r.seed)[["seed", "scene", "miou"]])
+        parts.append(g.assign(model_seed=ms, seed=sd)[["model_seed", "seed", "scene", "miou"]])
     return pd.concat(parts)
+
+
+def _scored(cells: pd.DataFrame, scenes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finished-or-not cells and their target scenes, rescored by the current rule; ``model_seed``
+    defaults to ``seed`` (rows from before protocol v3 trained one model per seed)."""
+    cells = cells.copy()
+    if "model_seed" not in cells:
+        cells["model_seed"] = cells["seed"]
+    cells["model_seed"] = cells["model_seed"].fillna(cells["seed"])
+    if not scenes.empty and "probe" in scenes:
+        scenes = scenes[~scenes["probe"].fillna(False).astype(bool)]
+    return rescore(cells, scenes, CLASSES)
 
 
 def compare_frames(run_cells: pd.DataFrame, run_scenes: pd.DataFrame, ref_cells: pd.DataFrame,
@@ -134,6 +153,8 @@ def compare_frames(run_cells: pd.DataFrame, run_scenes: pd.DataFrame, ref_cells:
     """One row per (row, pair) in either folder: the means, Δ, tolerance, p and a verdict
     (``agree`` | ``differs`` | ``error`` | ``not run`` | ``no reference``)."""
     keys = [k for k in KEY if k in run_cells and k in ref_cells]
+    run_cells, run_scenes = _scored(run_cells, run_scenes)
+    ref_cells, ref_scenes = _scored(ref_cells, ref_scenes)
     run, ref = _keyed(run_cells, keys), _keyed(ref_cells[ref_cells["status"] == "ok"], keys)
     out = []
     for key in sorted(set(run["key"]) | set(ref["key"])):
@@ -158,9 +179,10 @@ def compare_frames(run_cells: pd.DataFrame, run_scenes: pd.DataFrame, ref_cells:
             sa, sb = _per_scene(run_scenes, a), _per_scene(ref_scenes, b)
             p = np.nan
             if sa is not None and sb is not None:
-                m = sa.merge(sb, on=["seed", "scene"], suffixes=("_run", "_ref"))
+                m = sa.merge(sb, on=["model_seed", "seed", "scene"], suffixes=("_run", "_ref"))
                 if len(m):
-                    p = paired_test(m["miou_run"].to_numpy(), m["miou_ref"].to_numpy())[1]
+                    design = Design.from_keys(m["model_seed"], m["seed"], m["scene"])
+                    p = paired_test(m["miou_run"].to_numpy(), m["miou_ref"].to_numpy(), design)[1]
             outside = abs(delta) > tol
             differs = outside and (not np.isfinite(p) or p < ALPHA)
             rec.update(delta=delta, tol=tol, p=p, verdict="differs" if differs else "agree")

@@ -9,6 +9,13 @@ file stops two runs from writing one folder at once (it is removed when the run 
 
 A folder holding a ``REFERENCE`` marker is a committed reference output (``results/reference/GRID``,
 written by ``bench run --reference``): a plain run refuses to resume or append there.
+
+Layouts. A run folder (``bench run``) holds ``cells.parquet``, ``cells.csv`` (the same rows, for
+reading by eye) and ``scenes.parquet``. A reference folder is written compactly: both parquet tables
+zstd-compressed, no ``cells.csv``, and the scene columns that the per-scene confusion matrix
+determines (``DERIVED``: ``miou``, ``miou_3d``, ``acc``) left out; nothing else is dropped, so the
+reference stays a complete record. Reading fills those columns from ``conf`` again (by
+``bench.metrics``' rule), so every reader sees one layout; ``compact`` rewrites an existing folder so.
 """
 
 from __future__ import annotations
@@ -19,12 +26,36 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.cache import atomic_write, not_a_folder
 from bench.errors import BenchError
+from bench.metrics import accuracy, miou
 
 MARKER = "REFERENCE"
+DERIVED = ("miou", "miou_3d", "acc")  # scene columns a compact folder leaves to ``conf``
+COMPRESSION = "zstd"
+
+
+def _fill_derived(scenes: pd.DataFrame) -> pd.DataFrame:
+    """Scene rows with the ``DERIVED`` columns that a compact folder left out recomputed from ``conf``
+    (the 3D prediction's confusion matrix: ``miou_3d`` = ``miou``)."""
+    missing = [k for k in DERIVED if k not in scenes]
+    if not missing or "conf" not in scenes or scenes.empty:
+        return scenes
+    confs = [np.asarray(c, dtype=np.int64) for c in scenes["conf"]]
+    confs = [c.reshape(int(round(np.sqrt(c.size))), -1) for c in confs]
+    scenes = scenes.copy()
+    values = {"miou": [miou(c) for c in confs], "acc": [accuracy(c) for c in confs]}
+    values["miou_3d"] = values["miou"]
+    for k in missing:
+        scenes[k] = values[k]
+    return scenes
+
+
+def _compact_scenes(scenes: pd.DataFrame) -> pd.DataFrame:
+    return scenes.drop(columns=[k for k in DERIVED if k in scenes]) if "conf" in scenes else scenes
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -98,7 +129,7 @@ class ResultsStore:
     def scenes(self) -> pd.DataFrame:
         if not self.scenes_path.is_file():
             return pd.DataFrame()
-        df = _read_table(self.scenes_path)
+        df = _fill_derived(_read_table(self.scenes_path))
         cells = self.cells()
         if cells.empty:
             return df.iloc[0:0]
@@ -121,13 +152,38 @@ class ResultsStore:
         else:
             old = pd.DataFrame()
         new = pd.DataFrame(scene_rows)
+        if self.reference:
+            old, new = _compact_scenes(old), _compact_scenes(new)
         scenes = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        opts = {"compression": COMPRESSION} if self.reference else {}
         if not scenes.empty:
-            atomic_write(self.scenes_path, lambda p: scenes.to_parquet(p, index=False))
+            atomic_write(self.scenes_path, lambda p: scenes.to_parquet(p, index=False, **opts))
         cells = self.cells()
         if not cells.empty:
             cells = cells[cells["cell_id"] != cid]
         row = pd.DataFrame([cell_row])
         cells = pd.concat([cells, row], ignore_index=True) if not cells.empty else row
-        atomic_write(self.cells_path, lambda p: cells.to_parquet(p, index=False))
-        atomic_write(self.out / "cells.csv", lambda p: cells.to_csv(p, index=False))
+        atomic_write(self.cells_path, lambda p: cells.to_parquet(p, index=False, **opts))
+        if self.reference:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out / "cells.csv")  # a reference keeps no copy that could go stale
+        else:
+            atomic_write(self.out / "cells.csv", lambda p: cells.to_csv(p, index=False))
+
+
+def compact(folder: Path) -> tuple[int, int]:
+    """Rewrite a results folder's tables in the compact reference layout (module docstring); returns
+    the tables' bytes before and after. Nothing is lost: the dropped columns are recomputed when read."""
+    folder = Path(folder)
+    paths = [folder / n for n in ("cells.parquet", "cells.csv", "scenes.parquet")]
+    before = sum(p.stat().st_size for p in paths if p.is_file())
+    cells = ResultsStore(folder).cells()
+    if cells.empty:
+        raise BenchError(f"{folder}: no results (cells.parquet missing or empty) to compact")
+    atomic_write(folder / "cells.parquet", lambda p: cells.to_parquet(p, index=False, compression=COMPRESSION))
+    if (folder / "scenes.parquet").is_file():
+        scenes = _compact_scenes(_read_table(folder / "scenes.parquet"))
+        atomic_write(folder / "scenes.parquet", lambda p: scenes.to_parquet(p, index=False, compression=COMPRESSION))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(folder / "cells.csv")
+    return before, sum(p.stat().st_size for p in paths if p.is_file())

@@ -120,12 +120,15 @@ def measure_domain(domain: str, scenes: int = 12, split: str = "test", seed: int
 
 
 def results_csv(results: Path) -> Path:
-    """The cells.csv of a run or reference folder (or the file itself); a BenchError if there is none."""
+    """The cells.csv of a run or reference folder (or the file itself), else its cells.parquet (a compact
+    reference folder has no csv); a BenchError if there is neither."""
     path = Path(results)
     csv_path = path / "cells.csv" if path.is_dir() else path
+    if path.is_dir() and not csv_path.is_file() and (path / "cells.parquet").is_file():
+        csv_path = path / "cells.parquet"
     if not csv_path.is_file():
-        raise BenchError(f"bench world --results {results}: no cells.csv there; give a run or reference folder "
-                         "(e.g. results/reference/id_ood)")
+        raise BenchError(f"bench world --results {results}: no cells.csv (or cells.parquet) there; give a run or "
+                         "reference folder (e.g. results/reference/id_ood)")
     return csv_path
 
 
@@ -149,7 +152,13 @@ def bn_share(results: Path) -> list[dict]:
     """Per cross-domain source->target pair: Source-Only, BN-Adapt and Oracle mIoU in % (mean over seeds)
     and the BN share of the gap."""
     csv_path = results_csv(results)
-    rows = list(csv.DictReader(csv_path.open()))
+    if csv_path.suffix == ".parquet":
+        import pandas as pd
+
+        records = pd.read_parquet(csv_path).to_dict("records")
+        rows = [{k: "" if v is None else str(v) for k, v in r.items()} for r in records]
+    else:
+        rows = list(csv.DictReader(csv_path.open()))
     need = {"label", "source", "target", "miou"}
     if rows and not need <= set(rows[0]):
         raise BenchError(f"{csv_path}: needs columns {', '.join(sorted(need))}")

@@ -35,9 +35,15 @@ def test_eval_classes_restrict_mean_and_points():
     assert miou(c, (0, 1, 2)) == 1.0
 
 
-def test_predicted_but_absent_class_counts_as_zero():
+def test_predicted_but_absent_class_is_not_scored():
+    """Score what exists (issue 27): a class without ground-truth points is left out of the mean even
+    when predicted; its stray predictions still cost the true class's IoU. (Before: class 1 scored 0.)"""
     c = confusion(np.array([1, 1]), np.array([0, 0]), 2)
-    assert miou(c) == 0.0  # class 0: 0/2, class 1: 0/2
+    assert miou(c) == 0.0  # class 0: 0/2; class 1 not scored
+    assert math.isnan(iou_per_class(c)[1])
+    c = confusion(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), 2)
+    assert miou(c) == 0.75  # class 0: 3/4; before: (0.75 + 0) / 2
+    assert miou(c, (0, 1)) == 0.75 and math.isnan(miou(c, (1,)))
 
 
 def test_batched_miou_matches_the_single_matrix_rule():
@@ -48,6 +54,7 @@ def test_batched_miou_matches_the_single_matrix_rule():
     confs[0, 0] = 0  # no point at all: undefined
     confs[1, 1, 2, :] = 0
     confs[1, 1, :, 2] = 0  # class 2 absent from truth and prediction: excluded
+    confs[2, 0, 3, :] = 0  # class 3 predicted but absent from the truth: not scored either
     for classes in (None, (0, 2, 3)):
         got = miou_batch(confs, classes)
         want = np.array([[miou(c, classes) for c in row] for row in confs])

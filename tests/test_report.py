@@ -13,35 +13,38 @@ from rich.console import Console
 
 from bench import stats
 from bench.compare import SINGLE_SEED_TOL, compare, compare_frames, default_reference
-from bench.data.classes import NUM_CLASSES
+from bench.data.classes import CLASSES, NUM_CLASSES
 from bench.errors import BenchError
 from bench.metrics import miou
 from bench.report import Results, column_stats, cost_matched_table, main_table, make_report, stats_table
-from bench.report.figures import FIGURES, figure, figures, place_labels
+from bench.report.figures import FIGURES, figure, figures, place_labels, reliability_table
 from bench.report.frame import with_roles
+from bench.report.tables import pct
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = next((p for p in (REPO / "results" / "reference" / "id_ood", REPO / "results" / "id_ood")
                   if (p / "cells.parquet").is_file()), None)
 
 
-def _conf(q: float) -> list[int]:
-    """A 2-class (wall, floor) confusion of 200 points with a fraction q right per class."""
+def _conf(q: float, n: int = 10_000) -> list[int]:
+    """A 2-class (wall, floor) confusion of n points per class with a fraction q right per class."""
     c = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    tp = int(round(100 * q))
-    c[0, 0], c[0, 1], c[1, 1], c[1, 0] = tp, 100 - tp, tp, 100 - tp
+    tp = int(round(n * q))
+    c[0, 0], c[0, 1], c[1, 1], c[1, 0] = tp, n - tp, tp, n - tp
     return c.reshape(-1).tolist()
 
 
 def row(label, method="tent", quality=0.5, recipe="source", train_on="source", teacher="", params=None,
-        backbone="spunet", adapt_s=0.1, noise=0.0):
+        backbone="spunet", adapt_s=0.1, noise=0.0, confidence=None):
     return dict(label=label, method=method, quality=quality, recipe=recipe, train_on=train_on, teacher=teacher,
-                params=params or {}, backbone=backbone, adapt_s=adapt_s, noise=noise)
+                params=params or {}, backbone=backbone, adapt_s=adapt_s, noise=noise, confidence=confidence)
 
 
-def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_column=True, seed=0):
+def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_column=True, seed=0, v3=False):
     """Cells and scenes frames: each row's per-scene accuracy is ``quality`` (a float or a function of
-    (source, target, seed)) plus seeded noise of size ``noise`` per scene."""
+    (source, target, seed)) plus seeded noise of size ``noise`` per scene. ``v3``: protocol v3 rows (a
+    ``model_seed`` column, one model; each seed draws its own scenes). A row with ``confidence`` gets
+    calibration histograms: every point in the bin of that confidence."""
     rng = np.random.default_rng(seed)
     cells, scene_rows = [], []
     for spec in rows:
@@ -54,8 +57,14 @@ def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_colum
                     q = float(np.clip(q0 + spec["noise"] * rng.standard_normal(), 0, 1))
                     conf = _conf(q)
                     confs.append(np.asarray(conf).reshape(NUM_CLASSES, NUM_CLASSES))
-                    scene_rows.append(dict(cell_id=cid, scene=f"test_{i:04d}", index=i, n_points=200,
-                                           miou=miou(confs[-1], (0, 1)), conf=conf))
+                    scene_rows.append(dict(cell_id=cid, scene=f"test_{s}_{i:04d}" if v3 else f"test_{i:04d}",
+                                           index=i, n_points=200, miou=miou(confs[-1], (0, 1)), conf=conf))
+                    if spec["confidence"] is not None:
+                        n, b = int(confs[-1].sum()), min(int(spec["confidence"] * 15), 14)
+                        count, csum, right = np.zeros(15), np.zeros(15), np.zeros(15)
+                        count[b], csum[b], right[b] = n, n * spec["confidence"], np.trace(confs[-1])
+                        scene_rows[-1].update(calib_count=count.tolist(), calib_conf=csum.tolist(),
+                                              calib_correct=right.tolist())
                 cell = dict(cell_id=cid, status="ok", error="", miou=miou(np.sum(confs, 0), (0, 1)),
                             eval_classes="wall,floor", method=spec["method"], label=spec["label"],
                             params=json.dumps(spec["params"]), episodic=True, recipe=spec["recipe"],
@@ -64,6 +73,8 @@ def fake(rows, pairs=(("a", "b"), ("a", "c")), seeds=(0,), scenes=12, role_colum
                             n_train=8, n_test=scenes, features="color", train_cfg="{}",
                             steps_per_scene=1.0, adapt_s_per_scene=spec["adapt_s"], infer_s_per_scene=0.1,
                             teacher_s=0.0, peak_mem_mb=10.0, mem_kind="cpu_rss_delta")
+                if v3:
+                    cell["model_seed"] = 0
                 cells.append(cell)
     cells = pd.DataFrame(cells)
     if role_column:
@@ -86,19 +97,23 @@ def test_holm_matches_hand_computation():
     assert stats.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
 
 
-def test_bootstrap_over_seeds_and_scenes_covers_the_estimate_and_narrows_with_more_scenes():
+def test_bootstrap_over_units_covers_the_estimate_and_narrows_with_more_scenes():
+    # API changed (issue 27): confusion matrices per unit (U, C, C) with a Design of (model seed, seed, scene)
     rng = np.random.default_rng(0)
 
-    def confs(seeds, scenes):
-        return np.stack([[np.asarray(_conf(0.5 + 0.2 * rng.standard_normal())).reshape(NUM_CLASSES, NUM_CLASSES)
-                          for _ in range(scenes)] for _ in range(seeds)])
+    def confs(models, scenes):
+        c = np.stack([np.asarray(_conf(0.5 + 0.2 * rng.standard_normal())).reshape(NUM_CLASSES, NUM_CLASSES)
+                      for _ in range(models) for _ in range(scenes)])
+        keys = [(m, 0, f"{m}/{i}") for m in range(models) for i in range(scenes)]
+        return c, stats.Design.from_keys(*zip(*keys))
 
-    few, many = confs(2, 6), confs(3, 60)
-    for c in (few, many):
-        lo, hi = stats.bootstrap_ci(c, (0, 1))
-        est = np.mean([miou(s.sum(0), (0, 1)) for s in c])
+    (few, d_few), (many, d_many) = confs(2, 6), confs(3, 60)
+    for c, d, m in ((few, d_few, 2), (many, d_many, 3)):
+        lo, hi = stats.bootstrap_ci(c, d, (0, 1))
+        est = np.mean([miou(s.sum(0), (0, 1)) for s in c.reshape(m, -1, NUM_CLASSES, NUM_CLASSES)])
         assert lo < est < hi
-    assert np.subtract(*stats.bootstrap_ci(many, (0, 1))[::-1]) < np.subtract(*stats.bootstrap_ci(few, (0, 1))[::-1])
+    width = lambda c, d: np.subtract(*stats.bootstrap_ci(c, d, (0, 1))[::-1])  # noqa: E731
+    assert width(many, d_many) < width(few, d_few)
 
 
 def test_top_group_keeps_ties_and_drops_a_clearly_worse_candidate():
@@ -153,7 +168,8 @@ def test_each_backbone_is_compared_with_its_own_source_only():
             miou(np.asarray(_conf(base)).reshape(NUM_CLASSES, NUM_CLASSES), (0, 1))
         assert res.delta(f"TTT-KD [synth2d] {bb}", ("a", "b")) == pytest.approx(want)
     md = main_table(res, column_stats(res, n_boot=50)).to_markdown()
-    assert f"({100 * res.delta('TTT-KD [synth2d] pointnet2', ('a', 'b')):+.1f})" in md
+    # the change is the same on every scene: significant, starred (issue 27)
+    assert f"({100 * res.delta('TTT-KD [synth2d] pointnet2', ('a', 'b')):+.1f}*)" in md
 
 
 def test_several_seeds_show_mean_and_std_and_paired_delta():
@@ -164,7 +180,8 @@ def test_several_seeds_show_mean_and_std_and_paired_delta():
     m = c[c["row"] == "M"]["miou"]
     d = (m.to_numpy() - c[c["row"] == "Source-Only"].sort_values("seed")["miou"].to_numpy()).mean()
     line = next(r for r in main_table(res, column_stats(res, n_boot=50)).rows if r[0] == "M")
-    assert line[1] == f"{100 * m.mean():.1f} ± {100 * m.std():.1f} ({100 * d:+.1f})"
+    # +5 points on every scene of both seeds: the paired test rejects, so the change is starred (issue 27)
+    assert line[1] == f"{100 * m.mean():.1f} ± {100 * m.std():.1f} ({100 * d:+.1f}*)"
 
 
 def test_clearly_worse_method_leaves_the_bold_group_and_stats_table_is_holm_corrected():
@@ -175,7 +192,7 @@ def test_clearly_worse_method_leaves_the_bold_group_and_stats_table_is_holm_corr
     for j in (1, 2):
         assert (idx["Best"], j) in table.bold and (idx["Same"], j) in table.bold
         assert (idx["Worse"], j) not in table.bold and (idx["Source-Only"], j) not in table.bold
-    assert "Holm" in table.caption and "Wilcoxon" in table.caption
+    assert "Holm" in table.caption and "bootstrap test" in table.caption  # the test changed (issue 27)
     st = stats_table(res, n_boot=50)
     raw = [float(r[6]) for r in st.rows if r[6]]
     adj = [float(r[7]) for r in st.rows if r[7]]
@@ -196,7 +213,8 @@ def test_one_writer_renders_the_same_table_to_markdown_and_latex():
 
 def test_matched_cost_table_bands_methods_by_adaptation_time():
     res = results([BASE, row("Cheap", quality=0.6, adapt_s=0.05), row("Mid", quality=0.55, adapt_s=0.3),
-                   row("Dear", quality=0.7, adapt_s=1.0, noise=0.01), row("Dear2", quality=0.5, adapt_s=1.5)])
+                   row("Dear", quality=0.7, adapt_s=1.0, noise=0.01), row("Dear2", quality=0.53, adapt_s=1.5)])
+    # (Dear2 had Source-Only's quality exactly, which is now an inert row, neither ranked nor banded: 0.53)
     t = cost_matched_table(res, column_stats(res, n_boot=50))
     band = {r[1]: r[0] for r in t.rows}
     # unit = Source-Only forward 0.1 s: 0.5x, 3x, 10x and 15x
@@ -269,13 +287,24 @@ def _write(folder: Path, cells: pd.DataFrame, scenes: pd.DataFrame, grid: str = 
     return folder
 
 
+def _conf_of_miou(m: float) -> list[int]:
+    """A confusion as ``_conf`` whose mIoU is ``m`` (q right per class: mIoU = q / (2 - q))."""
+    return _conf(2 * m / (1 + m))
+
+
 def _shift(cells, scenes, label, by, only_scene=None):
+    """Move the per-scene mIoU of ``label``'s scenes by ``by`` (clipped to [0, 1]) through their confusion
+    matrices (compare scores from them since issue 27; shifting the recorded mIoU alone no longer counts)."""
     cells, scenes = cells.copy(), scenes.copy()
     ids = set(cells.loc[cells["label"] == label, "cell_id"])
     sel = scenes["cell_id"].isin(ids) & ((scenes["scene"] == only_scene) if only_scene else True)
-    scenes.loc[sel, "miou"] += by
-    per = scenes[scenes["cell_id"].isin(ids)].groupby("cell_id")["miou"].mean()
-    cells.loc[cells["cell_id"].isin(ids), "miou"] = cells.loc[cells["cell_id"].isin(ids), "cell_id"].map(per)
+    for i in scenes.index[sel]:
+        m = float(np.clip(miou(np.asarray(scenes.at[i, "conf"]).reshape(NUM_CLASSES, NUM_CLASSES)) + by, 0, 1))
+        scenes.at[i, "conf"] = _conf_of_miou(m)
+        scenes.at[i, "miou"] = m
+    pooled = {cid: miou(np.sum([np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES) for c in g["conf"]], 0))
+              for cid, g in scenes[scenes["cell_id"].isin(ids)].groupby("cell_id")}
+    cells.loc[cells["cell_id"].isin(ids), "miou"] = cells.loc[cells["cell_id"].isin(ids), "cell_id"].map(pooled)
     return cells, scenes
 
 
@@ -295,11 +324,14 @@ def test_compare_tolerates_cross_cpu_noise_and_a_gap_carried_by_one_scene():
     cells, scenes = fake([BASE, row("M", quality=0.7, noise=0.05)], scenes=8)
     small = compare_frames(*_shift(cells, scenes, "M", SINGLE_SEED_TOL * 0.8), cells, scenes)
     assert set(small["verdict"]) == {"agree"}
-    one = compare_frames(*_shift(cells, scenes, "M", 0.8, only_scene="test_0003"), cells, scenes)
+    # one scene made perfect (mIoU 1; the per-scene mIoU is bounded by 1 now that it comes from the confusion
+    # matrices, so the row starts low: quality 0.3)
+    cells, scenes = fake([BASE, row("M", quality=0.3, noise=0.05)], scenes=6)
+    one = compare_frames(*_shift(cells, scenes, "M", 1.0, only_scene="test_0003"), cells, scenes)
     m = one[one["label"] == "M"]
     assert (m["delta"].abs() > SINGLE_SEED_TOL).all() and set(m["verdict"]) == {"agree"}
     # without per-scene rows the tolerance alone decides
-    run_cells = _shift(cells, scenes, "M", 0.8, only_scene="test_0003")[0]
+    run_cells = _shift(cells, scenes, "M", 1.0, only_scene="test_0003")[0]
     no_scenes = compare_frames(run_cells, scenes.iloc[0:0], cells, scenes.iloc[0:0])
     assert set(no_scenes[no_scenes["label"] == "M"]["verdict"]) == {"differs"}
 
@@ -344,3 +376,178 @@ def test_compare_without_common_rows_is_an_error(tmp_path):
     b, sb = fake([BASE], pairs=(("x", "y"),))
     with pytest.raises(BenchError, match="nothing|no \\(method, pair\\) in common"):
         compare(_write(tmp_path / "a", a, sa), _write(tmp_path / "b", b, sb), Console(record=True))
+
+
+# ------------------------------------------------------------------------------------ protocol v3
+BN = row("BN-Adapt", "bn_adapt", 0.6, adapt_s=0.01)
+
+
+def test_a_row_made_inert_on_purpose_is_named_in_every_table_and_not_ranked(tmp_path):
+    """"Stuck" predicts exactly what BN-Adapt predicts (SAR at lr 1e-4 in id_ood): no effect at these settings;
+    "Working" moves by a few points and is ranked as before."""
+    rows = [BASE, BN, row("Stuck", "sar", 0.6, adapt_s=0.02), row("Working", "tent", 0.55, noise=0.01)]
+    res = results(rows, seeds=(0, 1), scenes=10)
+    assert res.inert == {"Stuck"} and res.inert_detail["Stuck"] == ("BN-Adapt", "equivalent")
+    assert "Stuck" not in res.ranked() and "Working" in res.ranked()
+    cs = column_stats(res, n_boot=50)
+    main = main_table(res, cs)
+    name = "Stuck (no effect at these settings)"
+    i = [r[0] for r in main.rows].index(name)
+    assert main.rows[i][-1] == "-" and not any((i, j) in main.bold for j in range(len(main.header)))
+    bn = [r[0] for r in main.rows].index("BN-Adapt")
+    assert {(bn, 1), (bn, 2)} <= main.bold  # it ties the best row, but only BN-Adapt is bold
+    assert "Stuck (as BN-Adapt: equivalent)" in main.caption
+    folder = tmp_path / "run"
+    _write(folder, *fake(rows, seeds=(0, 1), scenes=10))
+    make_report(folder)
+    for t in ("table_main", "table_cost", "table_stats"):
+        assert name in (folder / "report" / f"{t}.md").read_text(), t
+    matched = (folder / "report" / "table_cost_matched.md").read_text()
+    assert "Stuck" not in matched.split("\n\n")[0] and "Working" in matched  # not ranked in a band either
+
+
+def test_change_against_bn_adapt_beside_the_change_against_source_only():
+    rows = [BASE, BN, row("Beyond", "ttt_kd", lambda s, t, seed: 0.65), row("Same", "tent", 0.6, noise=0.002)]
+    res = results(rows, seeds=(0, 1), scenes=10)
+    main = main_table(res, column_stats(res, n_boot=50))
+    line = {r[0]: r for r in main.rows}
+    d_so, d_bn = res.delta("Beyond", ("a", "b")), res.delta("Beyond", ("a", "b"), "bn")
+    assert d_bn > 0.03 and f"({100 * d_so:+.1f}*, BN {100 * d_bn:+.1f}*)" in line["Beyond"][1]
+    assert "BN " in line["Same"][1] and "BN +0.0*" not in line["Same"][1] and "BN -0.0*" not in line["Same"][1]
+    assert "BN" not in line["Source-Only"][1] and "BN" not in line["BN-Adapt"][1]  # BN-Adapt's own change is vs SO
+    assert "against BN-Adapt" in main.caption
+    no_bn = results([BASE, row("M", quality=0.6)])
+    assert "No BN-Adapt row" in main_table(no_bn, column_stats(no_bn, n_boot=50)).caption
+
+
+def _model_effect(s, t, seed):
+    return 0.6 + {0: 0.05, 1: 0.05, 2: -0.03}[seed]
+
+
+@pytest.mark.parametrize("v3", [False, True])
+def test_a_gain_in_two_of_three_models_does_not_split_the_bold_group(v3):
+    """Old rows: seed = model seed, shared scenes (crossed); v3 rows: three model seeds, each with its own
+    scenes (nested). Either way the three models are the independent units: A is not significantly above B."""
+    cells, scenes = fake([row("A", "tent", _model_effect, noise=0.003), row("B", "eata", 0.6, noise=0.003)],
+                         pairs=(("a", "b"),), seeds=(0, 1, 2), scenes=12, v3=v3)
+    if v3:
+        cells["model_seed"] = cells["seed"]
+    res = Results.from_frames(cells, scenes)
+    cs = column_stats(res, n_boot=50)
+    assert cs.groups[("a", "b")].members == {"A", "B"}
+    want = "3 model seeds resampled" + ("" if v3 else "; scenes shared by several streams drawn once")
+    assert cs.designs[("a", "b")].startswith(want)
+    # the same rows with one model (v3, model seed 0): the 36 scenes are the units and A is above B
+    one, sc1 = fake([row("A", "tent", _model_effect, noise=0.003), row("B", "eata", 0.6, noise=0.003)],
+                    pairs=(("a", "b"),), seeds=(0, 1, 2), scenes=12, v3=True)
+    cs1 = column_stats(Results.from_frames(one, sc1), n_boot=50)
+    assert cs1.groups[("a", "b")].members == {"A"} and cs1.designs[("a", "b")].startswith("one model")
+
+
+def _cells_scenes(spec: dict[str, list[list[int]]], pair=("a", "b")):
+    """Cells and scenes of one seed from explicit per-scene confusion matrices (flattened) per row label."""
+    cells, scenes = [], []
+    for k, (label, confs) in enumerate(spec.items()):
+        method = "source" if label == "Source-Only" else f"m{k}"
+        cid = f"{label}|{pair}"
+        total = np.sum([np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES) for c in confs], 0)
+        cells.append(dict(cell_id=cid, status="ok", miou=0.0, eval_classes="wall,floor,sofa,bed", method=method,
+                          label=label, params="{}", recipe="source", train_on="source", teacher="", backbone="spunet",
+                          source=pair[0], target=pair[1], seed=0, n_test=len(confs), adapt_s_per_scene=0.1,
+                          infer_s_per_scene=0.1, recorded_miou_old_rule=miou_old(total)))
+        for i, c in enumerate(confs):
+            scenes.append(dict(cell_id=cid, scene=f"s{i}", index=i, conf=list(c),
+                               miou=miou_old(np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES))))
+    cells = pd.DataFrame(cells)
+    cells["miou"] = cells["recorded_miou_old_rule"]
+    return with_roles(cells), pd.DataFrame(scenes)
+
+
+def miou_old(conf: np.ndarray) -> float:
+    """The rule before issue 27: a class in the prediction but not in the truth scored 0."""
+    tp = np.diag(conf).astype(float)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    iou = np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+    return float(np.nanmean(iou))
+
+
+def test_pooled_and_per_scene_orders_that_disagree_are_marked():
+    big, small = 10_000, 100
+    spec = {"A": [_conf(0.9, big)] + [_conf(0.5, small)] * 3, "B": [_conf(0.8, big)] + [_conf(0.6, small)] * 3}
+    res = Results.from_frames(*_cells_scenes(spec))
+    cs = column_stats(res, n_boot=50)
+    assert cs.mean[("A", ("a", "b"))] > cs.mean[("B", ("a", "b"))]
+    assert cs.per_scene[("A", ("a", "b"))] < cs.per_scene[("B", ("a", "b"))]
+    assert cs.disagree[("a", "b")] == [("A", "B")]
+    main = main_table(res, cs)
+    assert all(r[1].endswith(" ‡") for r in main.rows)
+    assert "‡ A > B: A has the higher mIoU, B the higher mean per-scene mIoU. a→b: A > B." in main.caption
+    assert "$^\\ddagger$" in main.to_latex()
+    agree = {"A": [_conf(0.9, big)] + [_conf(0.7, small)] * 3, "B": [_conf(0.8, big)] + [_conf(0.6, small)] * 3}
+    cs2 = column_stats(Results.from_frames(*_cells_scenes(agree)), n_boot=50)
+    assert cs2.disagree[("a", "b")] == [] and "‡" not in main_table(Results.from_frames(*_cells_scenes(agree)),
+                                                                   cs2).caption
+
+
+def _with_strays(q: float, stray: int) -> list[int]:
+    """wall and floor (n = 1000 each, q right); ``stray`` wall points predicted as sofa and as bed, classes
+    the target does not have."""
+    c = np.asarray(_conf(q, 1000)).reshape(NUM_CLASSES, NUM_CLASSES)
+    c[0, 0] -= 2 * stray
+    c[0, 5] += stray  # sofa
+    c[0, 6] += stray  # bed
+    return c.reshape(-1).tolist()
+
+
+def test_a_class_the_target_lacks_is_not_scored_and_structure_object_columns(tmp_path):
+    spec = {"Source-Only": [_with_strays(0.7, 3)] * 4, "TENT": [_with_strays(0.8, 2)] * 4}
+    cells, scenes = _cells_scenes(spec)
+    res = Results.from_frames(cells, scenes)
+    for label, q, stray in (("Source-Only", 0.7, 3), ("TENT", 0.8, 2)):
+        c = res.cells[res.cells["row"] == label].iloc[0]
+        total = 4 * np.asarray(_with_strays(q, stray)).reshape(NUM_CLASSES, NUM_CLASSES)
+        iou = [total[k, k] / (total[k].sum() + total[:, k].sum() - total[k, k]) for k in (0, 1)]
+        assert c["miou"] == pytest.approx(np.mean(iou))  # sofa and bed are not scored
+        assert c["miou_recorded"] == pytest.approx(np.mean(iou) / 2)  # the old rule: two zeros in the mean
+        assert c["miou_structure"] == pytest.approx(np.mean(iou)) and np.isnan(c["miou_object"])
+    main = main_table(res, column_stats(res, n_boot=50))
+    assert main.header[-4:] == ["structure", "object", "ECE", "mean rank [95% CI]"]
+    tent = next(r for r in main.rows if r[0] == "TENT")
+    assert tent[1].startswith(pct(res.cells.loc[res.cells["row"] == "TENT", "miou"].iloc[0]))
+    assert tent[-4] == pct(res.cells.loc[res.cells["row"] == "TENT", "miou_structure"].iloc[0]) and tent[-3] == "-"
+
+
+def test_structure_and_object_mean_over_pairs():
+    c = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    c[0, 0], c[0, 3] = 80, 20  # wall: 80 right, 20 taken for chair
+    c[3, 3] = 60  # chair
+    c[2, 2] = 50  # ceiling
+    res = Results.from_frames(*_cells_scenes({"M": [c.reshape(-1).tolist()]}))
+    m = res.cells.iloc[0]
+    assert m["miou_structure"] == pytest.approx((80 / 100 + 1.0) / 2) and m["miou_object"] == pytest.approx(60 / 80)
+
+
+def test_ece_column_and_reliability_figure(tmp_path):
+    rows = [row("Source-Only", "source", 0.5, adapt_s=0.0, confidence=0.9), row("M", quality=0.7, confidence=0.72)]
+    res = results(rows)
+    main = main_table(res, column_stats(res, n_boot=50))
+    line = {r[0]: r for r in main.rows}
+    assert line["Source-Only"][-2] == pct(0.4) and line["M"][-2] == pct(0.02)  # |confidence - accuracy|
+    names = {p.name for p in figures(res, tmp_path)}
+    assert {"fig_reliability.png", "fig_reliability.svg"} <= names
+    no_hist = results([BASE, row("M")])
+    assert reliability_table(no_hist).empty and main_table(no_hist, column_stats(no_hist, n_boot=50)).rows[0][-2] == "-"
+
+
+def test_compare_scores_an_old_reference_and_a_new_run_by_one_rule():
+    """The reference recorded mIoU with stray predictions of absent classes scored 0 (before issue 27); a
+    run of the same code after it records the new rule's value. Scored by one rule they agree."""
+    spec = {"Source-Only": [_with_strays(0.7, 3)] * 6, "TENT": [_with_strays(0.8, 2)] * 6}
+    ref_cells, ref_scenes = _cells_scenes(spec)
+    run_cells, run_scenes = _cells_scenes(spec)
+    rescored, _ = stats.rescore(run_cells, run_scenes, CLASSES)
+    run_cells["miou"] = rescored["miou"]
+    run_scenes["miou"] = [miou(np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES)) for c in run_scenes["conf"]]
+    assert (run_cells["miou"] - ref_cells["miou"]).abs().min() > 2 * SINGLE_SEED_TOL
+    out = compare_frames(run_cells, run_scenes, ref_cells, ref_scenes)
+    assert set(out["verdict"]) == {"agree"} and np.allclose(out["delta"], 0)

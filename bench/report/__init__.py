@@ -6,10 +6,11 @@ needs no edit here: rows are identified by their configuration columns and their
 (``bench/report/tables.py``), figures come from a registry of (applies, draw) entries
 (``bench/report/figures.py``), statistics from ``bench/stats.py``.
 
-Written under ``FOLDER/report/``: ``table_main`` (mIoU with the not-significantly-worse group in
-bold and mean ranks), ``table_cost``, ``table_cost_matched`` (rows compared within bands of
-adaptation time), ``table_stats`` (bootstrap intervals and paired tests against Source-Only), and
-every figure whose entry applies.
+Written under ``FOLDER/report/``: ``table_main`` (mIoU with the paired changes against Source-Only
+and BN-Adapt, the not-significantly-worse group in bold, structure / object mIoU, ECE and mean
+ranks), ``table_cost``, ``table_cost_matched`` (rows compared within bands of adaptation time),
+``table_stats`` (bootstrap intervals and paired tests against Source-Only and BN-Adapt), and every
+figure whose entry applies (a reliability diagram where the scenes carry calibration histograms).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def make_report(folder: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     cs = column_stats(res)
     tables = {"table_main": main_table(res, cs), "table_cost": cost_table(res),
-              "table_cost_matched": cost_matched_table(res, cs), "table_stats": stats_table(res),
+              "table_cost_matched": cost_matched_table(res, cs), "table_stats": stats_table(res, cs),
               "table_modal": modal_table(res)}
     written: list[Path] = []
     for name, table in tables.items():

@@ -451,8 +451,8 @@ def segments(res: Results):
         yield f"fig_segments_{_slug(stream)[:80]}", fig
 
 
-__all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "probe_curve", "rolling_position",
-           "save", "segment_table"]
+__all__ = ["FIGURES", "FigureEntry", "figure", "figures", "natural", "place_labels", "probe_curve", "reliability_table",
+           "rolling_position", "save", "segment_table"]
 
 
 # ----------------------------------------------------------------------------------- multi-modal
@@ -490,3 +490,56 @@ def modal_bars(res: Results):
     ax.set_title("2D (seen points), 3D and fused mIoU")
     ax.legend(fontsize=8)
     yield "fig_modal", fig
+
+
+# ----------------------------------------------------------------------------------- calibration
+CALIB = ("calib_count", "calib_conf", "calib_correct")
+
+
+def reliability_table(res: Results) -> pd.DataFrame:
+    """Per row the calibration histograms pooled over its target scenes (every pair and seed): one
+    row per (row, bin) with count, mean confidence, accuracy; empty without histogram columns."""
+    sc = res.scenes
+    if sc is None or sc.empty or not all(k in sc for k in CALIB):
+        return pd.DataFrame()
+    rows = dict(zip(res.cells["cell_id"], res.cells["row"]))
+    recs = []
+    for r, g in sc.groupby(sc["cell_id"].map(rows)):
+        count, conf, correct = (np.sum([np.asarray(v, dtype=np.float64) for v in g[k]], 0) for k in CALIB)
+        k = len(count)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recs += [{"row": r, "bin": b, "lo": b / k, "hi": (b + 1) / k, "count": count[b],
+                      "confidence": conf[b] / count[b] if count[b] else np.nan,
+                      "accuracy": correct[b] / count[b] if count[b] else np.nan,
+                      "ece": float(np.abs(conf - correct).sum() / count.sum()) if count.sum() else np.nan}
+                     for b in range(k)]
+    return pd.DataFrame(recs)
+
+
+@figure("reliability diagram", lambda res: not reliability_table(res).empty)
+def reliability(res: Results):
+    """Per row a reliability diagram of the maximum softmax probability, pooled over its pairs, seeds
+    and scenes: accuracy per confidence bin (bars), the diagonal of perfect calibration, the share of
+    points per bin (grey) and the row's pooled ECE in the title."""
+    t = reliability_table(res)
+    rows = [r for r in res.order if r in set(t["row"])]
+    fig, axes = _panels(rows, width=3.2, height=3.0)
+    for ax, r in zip(axes.flat, rows):
+        g = t[t["row"] == r].sort_values("bin")
+        w = (g["hi"] - g["lo"]).to_numpy()
+        centre = ((g["lo"] + g["hi"]) / 2).to_numpy()
+        share = (g["count"] / g["count"].sum()).to_numpy()
+        ax.bar(centre, share, width=w, color="0.85", label="share of points")
+        ax.bar(centre, np.nan_to_num(g["accuracy"].to_numpy()), width=w * 0.8, color="tab:blue", alpha=0.8,
+               label="accuracy")
+        ax.plot([0, 1], [0, 1], color="k", ls="--", lw=0.8, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{res.display(r)}\nECE {100 * g['ece'].iloc[0]:.1f}%", fontsize=7)
+        ax.set_xlabel("confidence (max softmax)", fontsize=7)
+        ax.set_ylabel("accuracy", fontsize=7)
+        ax.tick_params(labelsize=6)
+    handles, labels = _legend(axes)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    fig.suptitle("reliability of the maximum softmax probability (pooled over pairs, seeds and scenes)")
+    yield "fig_reliability", fig
