@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shlex
@@ -125,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from bench.store import write_error
+
+        where = Path(e.filename) if e.filename else Path(".")
+        console.print(f"[bold red]error:[/] {escape(str(write_error(e, where)))}")
+        return 2
     except KeyboardInterrupt:
         _stop_children()
         console.print("interrupted: finished cells are saved; run the same command again to resume")
@@ -186,13 +195,22 @@ def _kv(items: list[str], what: str, example: str) -> dict[str, str]:
     return out
 
 
-def cmd_run(args) -> int:
-    from bench.grid import Overrides, load_grid
-    from bench.runner import run_grid
-    from bench.spec import describe
-
+def _check_executor_args(args) -> None:
+    """``--workers`` and ``--address`` make sense with the executor chosen (before any work starts)."""
     if args.workers < 0:
         raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    if args.address and args.executor != "ray":
+        raise BenchError(f"--address {args.address} names a Ray cluster, which only --executor ray uses (the executor "
+                         f"is {args.executor}); add --executor ray to run on that cluster, or drop --address to run "
+                         "on this machine")
+
+
+def cmd_run(args) -> int:
+    from bench.executors import display
+    from bench.grid import Overrides, load_grid
+    from bench.runner import run_grid
+
+    _check_executor_args(args)
     overrides = Overrides(device=args.device, only=list(args.only), selected=args.selected,
                           teacher_weights=_kv(args.teacher_weights, "--teacher-weights", "dinov2=/w/dinov2_vits14.pth"),
                           data_roots=_kv(args.data_root, "--data-root", "scannet=/data/scannet"))
@@ -203,7 +221,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         out = stdout_console()
         for c in grid.cells:
-            out.print(f"{c.cell_id}  {describe(c)}", markup=False, highlight=False)
+            out.print(f"{c.cell_id}  {display(c)}", markup=False, highlight=False)
         out.print(f"{len(grid.cells)} cells")
         return 0
     out_dir = args.out or RUNS / grid.name
@@ -217,8 +235,7 @@ def cmd_select(args) -> int:
     from bench.executors import import_plugins
     from bench.select import run_selection
 
-    if args.workers < 0:
-        raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    _check_executor_args(args)
     import_plugins()
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_selection(args.grid, args.out, args.runs, args.budget_s, args.executor, args.workers, args.address,

@@ -65,9 +65,24 @@ def _model_key(cell) -> str:
 
 
 def _describe(cell) -> str:
-    from bench.spec import describe
+    return display(cell)
 
-    return describe(cell)
+
+def row_name(label: str, params: dict, teacher: str | None = None) -> str:
+    """A row's name as the reports write it: ``TTT-KD (steps=3) [synth2d]``."""
+    from bench.report.frame import _fmt
+
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+    return label + (f" ({shown})" if shown else "") + (f" [{teacher}]" if teacher else "")
+
+
+def display(cell) -> str:
+    """A cell in logs and summaries, named as the reports name its row, then backbone, pair and seed."""
+    from bench.cell import row_params
+
+    return (f"{row_name(cell.label, row_params(cell), cell.teacher['name'] if cell.teacher else None)} "
+            f"{cell.backbone['name']} {cell.source}->{cell.target} s{cell.seed}")
+
 
 
 def _train_model(cell) -> dict:

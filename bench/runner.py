@@ -13,14 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bench.cache import atomic_write
 from bench.env import environment
 from bench.errors import BenchError
-from bench.executors import cpu_cores, make_executor
+from bench.executors import cpu_cores, display, make_executor, row_name
 from bench.grid import Grid, filter_cells
 from bench.progress import progress
 from bench.resources import data_key
-from bench.spec import Cell, describe
+from bench.spec import Cell
 from bench.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -67,11 +66,11 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
         ex = make_executor(executor, workers, address, device, n_cells=len(todo))  # first: it may refuse (Ray)
         header = f"# written by ttt-bench on {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         header += f"# command: {command}\n# grid file: {grid.path}\n" if command else f"# grid file: {grid.path}\n"
-        atomic_write(out / "config.toml", lambda p: p.write_text(header + grid.text))
+        store.write(out / "config.toml", lambda p: p.write_text(header + grid.text))
         env = environment(device)
         env.update({"grid": grid.name, "command": command, "cells_in_grid": len(grid.all_cells or grid.cells),
                     "cells_selected": len(cells), "executor": ex.describe(), "resolved_grid": grid.raw})
-        atomic_write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
+        store.write(out / "env.json", lambda p: p.write_text(json.dumps(env, indent=2, default=str) + "\n"))
         console.print(f"[bold]{grid.name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already finished, "
                       f"{len(todo)} to run -> {out}")
         t0 = time.perf_counter()
@@ -85,14 +84,17 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
                 for cell, (row, scenes) in results:
                     store.append(row, scenes)
                     n_err += row["status"] != "ok"
-                    bar.update(task, advance=1, info=escape(describe(cell)[:60]))
-                    if bar.disable:  # no live bar (not a terminal): one log line per cell instead
-                        status = (f"mIoU {100 * row['miou']:.1f}" if row["status"] == "ok"
-                                  else f"error: {row['error'][:80]}")
-                        log.info("[%d/%d] %s: %s", bar.tasks[0].completed, len(todo), describe(cell), status)
+                    bar.update(task, advance=1, info=escape(display(cell)[:60]))
+                    if row["status"] != "ok":  # the whole message: its useful part is often at the end
+                        log.error("[%d/%d] %s: error: %s", bar.tasks[0].completed, len(todo), display(cell),
+                                  row["error"])
+                    elif bar.disable:  # no live bar (not a terminal): one log line per cell instead
+                        log.info("[%d/%d] %s: mIoU %.1f", bar.tasks[0].completed, len(todo), display(cell),
+                                 100 * row["miou"])
         elapsed = time.perf_counter() - t0
     summary(store, cells, console)
-    console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}")
+    console.print(f"ran {len(todo)} cells in {elapsed:.1f} s ({n_err} errors); results in {out}"
+                  + (f" (each error in full: column 'error' of {out / 'cells.csv'})" if n_err else ""))
     return {"ran": len(todo), "errors": n_err, "seconds": elapsed}
 
 
@@ -117,7 +119,7 @@ def fresh(store: ResultsStore, cells: list[Cell], console: Console) -> set[str]:
     if stale:
         console.print(f"[yellow]{len(stale)} finished cell(s) in {store.out} were run on other data than "
                       f"they would read now (another world version or dataset parameters, or rows from before "
-                      f"data keys were recorded), e.g. {escape(describe(stale[0]))}: running them again and "
+                      f"data keys were recorded), e.g. {escape(display(stale[0]))}: running them again and "
                       "replacing their rows (use a new --out to keep the old ones)[/]")
     return done
 
@@ -127,7 +129,6 @@ def preflight(cells: list[Cell], devices: bool = True) -> None:
     False: cells that run elsewhere), that every dataset the cells read opens and has the scenes asked
     for (data roots, splits, scene counts), and that every teacher they use builds (weights files found
     and fitting). All problems are raised at once in one BenchError, one line each."""
-    from bench.resources import scenes_needed
     from bench.spec import check_device
 
     problems: list[str] = []
@@ -141,13 +142,8 @@ def preflight(cells: list[Cell], devices: bool = True) -> None:
             check_device(device)
         except BenchError as e:
             add(str(e))
-    for c in cells:
-        try:
-            for ds, names in scenes_needed(c):
-                if not names:
-                    add(f"{ds.name}: no scenes to read for cell {describe(c)}")
-        except BenchError as e:
-            add(str(e))
+    for msg in _scene_problems(cells):
+        add(msg)
     teachers = {json.dumps(c.teacher, sort_keys=True): c for c in cells if c.teacher}
     for spec, c in teachers.items():
         try:
@@ -160,6 +156,47 @@ def preflight(cells: list[Cell], devices: bool = True) -> None:
         if len(problems) == 1:
             raise BenchError(problems[0])
         raise BenchError(f"{len(problems)} problems found before the run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _scene_problems(cells: list[Cell]) -> list[str]:
+    """What stops the cells reading their scenes: a dataset that does not open or has too few scenes, a
+    setting that gives a cell no scenes (named once, with the cells it concerns), and every scene file
+    that cannot be read as the cells will read it (real datasets: shapes, dtypes, NaN, label range,
+    truncated or missing files, normals the features need)."""
+    from bench.resources import dataset_for, scenes_needed, stream_names, train_val_names
+
+    problems: list[str] = []
+    empty: dict[str, list[Cell]] = {}
+    wanted: dict[int, tuple] = {}  # id(dataset) -> (dataset, names, normals needed)
+    for c in cells:
+        try:
+            train = dataset_for(c, c.training_data())
+            names, _ = train_val_names(c, train)
+            if not names:
+                empty.setdefault(f"train_scenes = {c.train_scenes} gives the model no training scenes of "
+                                 f"{train.name}; set train_scenes = N >= 1 in the grid", []).append(c)
+            for i, ds, seg_names in stream_names(c):
+                if seg_names:
+                    continue
+                what = ("probe_scenes: the forgetting probe has no scenes" if i < 0 else
+                        f"the target stream's segment {i + 1} ({ds.name}, {c.stream[i].split}) has no scenes")
+                empty.setdefault(f"{what}; give it scenes = N >= 1", []).append(c)
+            for ds, ds_names in scenes_needed(c):
+                entry = wanted.setdefault(id(ds), (ds, set(), set()))
+                entry[1].update(ds_names)
+                if "normal" in c.features:
+                    entry[2].update(ds_names)
+        except BenchError as e:
+            if str(e) not in problems:
+                problems.append(str(e))
+    for msg, cs in empty.items():
+        problems.append(f"{msg} ({len(cs)} cell{'s' if len(cs) > 1 else ''}, e.g. {display(cs[0])})")
+    for ds, names, normals in wanted.values():
+        plain = sorted(names - normals)
+        for group, need in ((plain, False), (sorted(normals), True)):
+            if group:
+                problems.extend(p for p in ds.check(group, normals=need) if p not in problems)
+    return problems
 
 
 def prepare_data(cells: list[Cell], workers: int) -> None:
@@ -176,20 +213,25 @@ def prepare_data(cells: list[Cell], workers: int) -> None:
 
 
 def summary(store: ResultsStore, cells: list[Cell], console: Console) -> None:
-    """A table of the cells' results; mIoU in percent, as in the reports."""
+    """A table of the cells' results (mIoU in percent, rows named as the reports name them), then every
+    error of those cells in full, one paragraph each."""
     df = store.cells()
     if df.empty:
         return
     df = df[df["cell_id"].isin({c.cell_id for c in cells})]
     t = Table(title="summary", show_lines=False)
-    for col in ("method", "teacher", "source -> target", "mIoU %", "steps/scene", "s/scene", "status"):
+    for col in ("method", "source -> target", "mIoU %", "steps/scene", "s/scene", "status"):
         t.add_column(col, justify="right" if col in ("mIoU %", "steps/scene", "s/scene") else "left")
+    errors = []
     for _, r in df.sort_values(["label", "source", "target"]).iterrows():
-        params = json.loads(r["params"])
-        name = r["label"] + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+        name = row_name(r["label"], json.loads(r["params"]), r["teacher"] or None)
         ok = r["status"] == "ok"
-        t.add_row(name, r["teacher"] or "-", f"{r['source']} -> {r['target']}",
+        if not ok:
+            errors.append((name, f"{r['source']} -> {r['target']}", str(r["error"])))
+        t.add_row(escape(name), f"{r['source']} -> {r['target']}",
                   f"{100 * r['miou']:.1f}" if ok else "-", f"{r['steps_per_scene']:.1f}" if ok else "-",
                   f"{r['adapt_s_per_scene'] + r['infer_s_per_scene']:.2f}" if ok else "-",
-                  "ok" if ok else f"error: {str(r['error'])[:60]}")
+                  "ok" if ok else f"error {len(errors)} (below)")
     console.print(t)
+    for i, (name, pair, err) in enumerate(errors, 1):
+        console.print(f"[red]error {i}[/] {escape(name)} {escape(pair)}: {escape(err)}", soft_wrap=True)

@@ -146,11 +146,13 @@ def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> 
 # ------------------------------------------------------------------------------------------- reader
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise BenchError(f"{path}: file missing. Check the data root or regenerate the scene.")
+        raise BenchError(f"{path}: file missing; check the data root, or export the scene again (a scene folder "
+                         "holds coord.npy, color.npy, the label file and optionally normal.npy)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for corrupt files
-        raise BenchError(f"{path}: cannot read as .npy ({e}). Re-export or regenerate this file.") from e
+        raise BenchError(f"{path}: cannot read as .npy ({e}); the file is truncated or not a numpy array: export "
+                         "the scene again") from e
 
 
 def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.ndarray | None = None):
@@ -160,29 +162,35 @@ def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.nda
         raise BenchError(f"{folder}: scene folder not found. Check the data root and split list.")
     coord = _load_npy(folder / "coord.npy")
     if coord.ndim != 2 or coord.shape[1] != 3:
-        raise BenchError(f"{folder / 'coord.npy'}: expected shape (N,3), got {coord.shape}")
+        raise BenchError(f"{folder / 'coord.npy'}: expected shape (N,3), got {coord.shape}; export the scene "
+                         "again with one x,y,z row per point")
     if coord.shape[0] == 0:
-        raise BenchError(f"{folder / 'coord.npy'}: scene has no points")
+        raise BenchError(f"{folder / 'coord.npy'}: scene has no points; export it again or leave it out of the "
+                         "split (splits/SPLIT.txt)")
     if not np.isfinite(coord).all():
         raise BenchError(f"{folder / 'coord.npy'}: {int((~np.isfinite(coord)).any(1).sum())} points have "
                          "NaN/inf coordinates; clean the export")
     n = coord.shape[0]
     color = _load_npy(folder / "color.npy")
     if color.shape != (n, 3):
-        raise BenchError(f"{folder / 'color.npy'}: expected shape ({n}, 3), got {color.shape}")
+        raise BenchError(f"{folder / 'color.npy'}: expected shape ({n}, 3), got {color.shape}; export the scene "
+                         "again with one RGB row per point")
     color = color.astype(np.float32) / (255.0 if color.dtype == np.uint8 or color.max() > 1.0 else 1.0)
     normal = None
     if (folder / "normal.npy").is_file():
         normal = _load_npy(folder / "normal.npy").astype(np.float32)
         if normal.shape != (n, 3):
-            raise BenchError(f"{folder / 'normal.npy'}: expected shape ({n}, 3), got {normal.shape}")
+            raise BenchError(f"{folder / 'normal.npy'}: expected shape ({n}, 3), got {normal.shape}; export the "
+                             "scene again, or delete normal.npy and set features = [\"color\"]")
     label = _load_npy(folder / label_file)
     if label.ndim == 2 and label.shape[1] == 1:
         label = label[:, 0]
     if label.shape != (n,):
-        raise BenchError(f"{folder / label_file}: expected {n} labels, got shape {label.shape}")
+        raise BenchError(f"{folder / label_file}: expected {n} labels, got shape {label.shape}; export the scene "
+                         "again with one label per point")
     if not np.issubdtype(label.dtype, np.integer):
-        raise BenchError(f"{folder / label_file}: labels must be integers, got {label.dtype}")
+        raise BenchError(f"{folder / label_file}: labels must be integers, got {label.dtype}; save them as int16 "
+                         "class ids (-1 = ignore)")
     label = label.astype(np.int64)
     if label_map is not None:
         bad = (label < -1) | (label >= len(label_map))
