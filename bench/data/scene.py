@@ -12,12 +12,21 @@ On disk (Pointcept's layout plus paired views)::
     SCENE/views/NNNNN_pose.txt       4x4 camera-to-world
     SCENE/views/NNNNN_label.png      optional uint8 label map (255 = ignore), synthetic data only
 
+    SCENE/checksums.sha256           sha256 of every other file of the folder (``sha256sum`` format)
+
 Depth maps may have another resolution than the colour image (as in ScanNet); the reader rescales
 them to the image size by nearest-neighbour sampling so that one intrinsic serves both.
+
+``write_scene`` writes ``checksums.sha256`` last, inside the temporary folder that is renamed into
+place, so a scene folder with a matching checksum file is complete and unaltered
+(``verify_checksums``; ``sha256sum -c checksums.sha256`` inside the folder checks the same). The check
+knows nothing of the files' meaning: any file added, removed or changed fails it. Generated datasets
+verify it on every read and regenerate a scene that fails; real data may come without the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -107,9 +116,65 @@ def _check(ok: bool, where, msg: str) -> None:
         raise BenchError(f"{where}: {msg}. Fix or regenerate the scene.")
 
 
+# --------------------------------------------------------------------------------------- checksums
+CHECKSUMS = "checksums.sha256"
+
+
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative POSIX path -> hex digest), but the checksum file."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != CHECKSUMS:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[p.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
+def write_checksums(folder: Path) -> Path:
+    """Write ``folder/checksums.sha256`` for the files there now (``sha256sum`` format)."""
+    lines = "".join(f"{h}  {rel}\n" for rel, h in folder_checksums(folder).items())
+    path = Path(folder) / CHECKSUMS
+    path.write_text(lines)
+    return path
+
+
+def verify_checksums(folder: Path) -> str | None:
+    """None if ``folder`` holds exactly the files its checksum file lists, each with its checksum; else
+    what is wrong, naming the first file (a missing folder or checksum file counts as wrong)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: missing"
+    listed: dict[str, str] = {}
+    try:
+        for line in (folder / CHECKSUMS).read_text().splitlines():
+            h, _, rel = line.partition("  ")
+            if len(h) != 64 or not rel:
+                return f"{folder / CHECKSUMS}: malformed line {line[:80]!r}"
+            listed[rel] = h
+    except FileNotFoundError:
+        return f"{folder / CHECKSUMS}: missing (an incomplete scene, or one written before scenes carried checksums)"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{folder / CHECKSUMS}: unreadable ({e})"
+    actual = folder_checksums(folder)
+    for rel, h in listed.items():
+        if rel not in actual:
+            return f"{folder / rel}: missing"
+        if actual[rel] != h:
+            return f"{folder / rel}: content differs from its checksum (damaged or altered)"
+    extra = sorted(set(actual) - set(listed))
+    if extra:
+        return f"{folder / extra[0]}: not listed in {CHECKSUMS} (a file added to the scene)"
+    return None
+
+
 # ------------------------------------------------------------------------------------------- writer
 def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> Path:
-    """Write ``scene`` to ``folder`` atomically (a temporary folder renamed into place)."""
+    """Write ``scene`` to ``folder`` atomically (a temporary folder renamed into place), its checksum
+    file last."""
     scene.validate()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +199,7 @@ def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> 
                 if v.label is not None:
                     lab = np.where(v.label < 0, 255, v.label).astype(np.uint8)
                     Image.fromarray(lab).save(vdir / f"{i:05d}_label.png")
+        write_checksums(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
