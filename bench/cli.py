@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,select,report,compare,show,profile}``."""
+"""Command line: ``python -m bench {list,run,status,select,report,compare,show,world,profile}``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="write a committed reference output (e.g. --out results/reference/NAME) and mark the folder "
                         "so that plain runs never resume or append there")
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    r.add_argument("--beside", action="store_true",
+                   help="when --out holds cells run with other settings (scene counts, [train], features, ...), "
+                        "write this run into OUT+HASH beside it instead of refusing")
     r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only cells matching (repeatable): any cell setting (method, label, source, target, "
                         "backbone, teacher, seed, recipe, views, predict, reset_every, order, probe_every, ...) or "
@@ -71,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--workers", type=int, default=0, help="processes (pool) or CPUs (ray); 0 = one per core")
     sel.add_argument("--address", help="Ray cluster address (with --executor ray)")
     sel.add_argument("--device", help="override the grid's device (cpu, cuda, cuda:1)")
+
+    st = sub.add_parser("status", help="a run's progress, also from another terminal: cells done, errors, ETA")
+    st.add_argument("run", type=Path, nargs="?", help="run folder (default: the newest folder under runs/)")
 
     rep = sub.add_parser("report", help="turn a run or reference folder into tables and figures")
     rep.add_argument("--grid", default="id_ood", help="grid name: reads runs/NAME if it has results, else "
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         set_cache_dir(args.cache_dir)
         return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
-                "show": cmd_show, "profile": cmd_profile, "world": cmd_world}[args.cmd](args)
+                "show": cmd_show, "profile": cmd_profile, "world": cmd_world, "status": cmd_status}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
@@ -227,7 +233,7 @@ def cmd_run(args) -> int:
     out_dir = args.out or RUNS / grid.name
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res = run_grid(grid, out_dir, None, args.executor, args.workers, args.address, console, command,
-                   reference=args.reference)
+                   reference=args.reference, beside=args.beside)
     return 1 if res["errors"] else 0
 
 
@@ -268,6 +274,20 @@ def cmd_report(args) -> int:
     folder = args.results or _results_folder(args.grid)
     written = make_report(folder)
     Console().print(f"wrote {len(written)} files under {folder / 'report'}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from bench.runner import STATUS, run_status
+
+    run = args.run
+    if run is None:
+        found = sorted(RUNS.glob(f"**/{STATUS}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise BenchError(f"no run folder with a {STATUS} under {RUNS}/; give the folder: python -m bench status "
+                             "RUN")
+        run = found[-1].parent
+    stdout_console().print(run_status(run), markup=False, highlight=False)
     return 0
 
 

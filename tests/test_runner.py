@@ -118,7 +118,7 @@ def test_run_resume_and_no_doubles(tmp_path, grid_file):
     g = load_grid(str(grid_file))
     out = tmp_path / "res"
     r1 = run_grid(g, out, only=["target=tiny-b"])
-    assert r1 == {"ran": 6, "errors": 0, "seconds": r1["seconds"]}
+    assert r1 == {"ran": 6, "errors": 0, "seconds": r1["seconds"], "out": out}
     cells = pd.read_parquet(out / "cells.parquet")
     assert len(cells) == 6 and set(cells["status"]) == {"ok"}
     assert (out / "cells.csv").is_file() and (out / "env.json").is_file() and (out / "config.toml").is_file()
