@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="draw a scene: points from above, its views and their label maps")
     s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
-    s.add_argument("--out", type=Path, help="PNG to write (default DATASET_SCENE.png in the working folder, e.g. "
-                   "synth-scannet_test_0000.png)")
+    s.add_argument("--out", type=Path, help="PNG to write (default runs/show/DATASET_SCENE.png under the working "
+                   "folder, e.g. runs/show/synth-scannet_test_0000.png)")
     s.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
                    help="root of a real dataset, e.g. scannet=/data/scannet")
 
@@ -315,9 +315,13 @@ def cmd_show(args) -> int:
                              f"--data-root {base}=PATH")
         if not Path(root).expanduser().is_dir():
             raise BenchError(f"--data-root {d}={root}: {root} is not a folder")
-    out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name.replace('/', '_')}.png")
+    from bench.show import default_out
+
+    out = args.out or default_out(ds, name)
+    if out.suffix.lower() != ".png":
+        raise BenchError(f"show --out {out}: give a .png file name, e.g. --out {out.with_suffix('.png')}")
     show_scene(ds, name, out, options={"root": roots[base]} if base in roots else None)
-    Console().print(f"wrote {out}")
+    stdout_console().print(f"wrote {out.resolve()}", markup=False, highlight=False)
     return 0
 
 

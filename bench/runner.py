@@ -312,8 +312,8 @@ def preflight(cells: list[Cell], devices: bool = True) -> None:
             from teachers import build_teacher
 
             build_teacher(json.loads(spec), "cpu")
-        except BenchError as e:
-            add(f"teacher {c.teacher['name']}: {e}")
+        except BenchError as e:  # most of its messages name the teacher already ("teacher 'dinov2': ...")
+            add(str(e) if str(e).startswith("teacher ") else f"teacher '{c.teacher['name']}': {e}")
     if problems:
         if len(problems) == 1:
             raise BenchError(problems[0])

@@ -154,10 +154,11 @@ def test_show_takes_a_data_root(tmp_path):
     np.save(scene / "segment20.npy", np.resize(np.array([0, 4, 12], np.int16), 200))
     r = bench("show", "scannet/val/scene0002_00", "--data-root", f"scannet={tmp_path / 'scannet'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "scannet_val_scene0002_00.png").stat().st_size > 5000
+    png = tmp_path / "runs" / "show" / "scannet_val_scene0002_00.png"  # git ignores runs/
+    assert png.stat().st_size > 5000 and str(png) in " ".join(r.stdout.split())
     refused(bench("show", "scannet/val/scene0002_00", "--data-root", f"s3dis={tmp_path}"),
             "the scene is from dataset 'scannet', not 's3dis'")
-    assert "DATASET_SCENE.png" in " ".join(bench("show", "--help").stdout.split())
+    assert "runs/show/DATASET_SCENE.png" in " ".join(bench("show", "--help").stdout.split())
 
 
 def test_world_refuses_a_real_dataset_before_measuring():
