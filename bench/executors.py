@@ -5,8 +5,12 @@ Every executor first groups the cells by the model they need and runs one *train
 trained once, the log and the bar say "model i of n" with epochs and an ETA while it trains, and a
 training that fails turns its cells into error rows without trying again for every cell.
 
-``inprocess`` runs the jobs one after another in this process with an explicit torch thread count
-(the usable cores). ``pool`` runs them in local worker processes (``--workers N``, each with
+``inprocess`` runs the jobs one after another in this process with an explicit torch thread count:
+on CPU one less than the usable cores (at least one), so that a core stays free for the driver and
+whatever else the machine runs; on CUDA the usable cores. Why: torch's CPU threads wait for each other
+at every parallel operation, so when another process holds a core a two-thread cell stalls (one TENT
+cell of the smoke grid on this 2-core machine under load: 44-68 s with 2 threads, 2.0-2.2 s with 1),
+while a free machine gains little from the second thread (see ``auto`` below). ``pool`` runs them in local worker processes (``--workers N``, each with
 cores/N torch threads); a worker that dies (out of memory, SIGKILL) is replaced, its job is retried
 once and then recorded as an error row with the reason, and the run goes on. ``ray`` submits one Ray
 task per training and one per cell, each cell task depending on its model's training task: Ray
@@ -245,8 +249,8 @@ class Executor:
 
 
 class InProcess(Executor):
-    def __init__(self, threads: int | None = None):
-        self.threads = threads or cpu_cores()
+    def __init__(self, threads: int | None = None, device: str = "cpu"):
+        self.threads = threads or inprocess_threads(device)
 
     def describe(self) -> str:
         return f"inprocess: {self.threads} torch threads"
@@ -625,6 +629,12 @@ def cpu_cores() -> int:
     return n
 
 
+def inprocess_threads(device: str = "cpu") -> int:
+    """Torch threads of an in-process run: on CPU all usable cores but one (at least one), on CUDA all."""
+    cores = cpu_cores()
+    return cores if device.startswith("cuda") else max(1, cores - 1)
+
+
 def make_executor(kind: str, workers: int = 0, address: str | None = None, device: str = "cpu",
                   n_cells: int | None = None) -> Executor:
     """The executor for ``kind``; ``workers`` 0 means one per core (pool, ray) or one (inprocess)."""
@@ -633,10 +643,10 @@ def make_executor(kind: str, workers: int = 0, address: str | None = None, devic
         if kind == "pool":
             workers = min(workers or cpu_cores(), n_cells or cpu_cores())
     if kind == "inprocess":
-        return InProcess() if workers <= 1 else Pool(workers)
+        return InProcess(device=device) if workers <= 1 else Pool(workers)
     if kind == "pool":
         workers = workers or cpu_cores()
-        return InProcess() if workers <= 1 else Pool(workers)
+        return InProcess(device=device) if workers <= 1 else Pool(workers)
     if kind == "ray":
         ex = Ray(address, workers or None, device)
         ex.connect()
