@@ -218,3 +218,26 @@ def test_world_checks_results_before_measuring(tmp_path, monkeypatch):
         world.run_world(["synth-val"], 2, tmp_path / "out", Path("/nonexistent"))
     assert not (tmp_path / "out").exists()
     assert _parser().parse_args(["world"]).out == Path("runs/world")
+
+
+# 12 -- issue 29: options that would be silently ignored, --only alternatives, lr = inf
+def test_address_without_ray_is_refused():
+    for cmd in (["run", "--grid", "smoke", "--dry-run"], ["select", "--dry-run"]):
+        refused(bench(*cmd, "--address", "auto"), "--address auto names a Ray cluster, which only --executor ray uses",
+                "add --executor ray")
+
+
+def test_only_filters_on_one_key_are_alternatives():
+    def methods(only):
+        return sorted({c.method for c in load_grid("smoke", Overrides(only=only)).cells})
+
+    assert methods(["method=tent,bn_adapt"]) == methods(["method=tent", "method=bn_adapt"]) == ["bn_adapt", "tent"]
+    assert len(load_grid("smoke", Overrides(only=["method=tent,bn_adapt", "target=synth-s3dis"])).cells) == 2
+    with pytest.raises(BenchError, match=r"matches none of the grid's 12 cells: target is one of synth-s3dis, "
+                                         r"synth-scannet among the cells that match method=tent"):
+        load_grid("smoke", Overrides(only=["method=tent", "target=nope"]))
+
+
+def test_infinite_learning_rate_is_refused(tmp_path):
+    p = _grid(tmp_path, SMOKE.replace('name = "tent"\nlabel = "TENT"', 'name = "tent"\nlabel = "TENT"\nlr = inf'))
+    refused(bench("run", "--grid", str(p), "--dry-run"), "parameter 'lr' = inf must be a finite number, > 0")

@@ -344,3 +344,18 @@ def test_compare_without_common_rows_is_an_error(tmp_path):
     b, sb = fake([BASE], pairs=(("x", "y"),))
     with pytest.raises(BenchError, match="nothing|no \\(method, pair\\) in common"):
         compare(_write(tmp_path / "a", a, sa), _write(tmp_path / "b", b, sb), Console(record=True))
+
+
+def test_stream_position_lines_are_told_apart():
+    """Every row of the stream-position figure has its own colour and dash (rows shared colours before:
+    Joint-Train/AdaContrast, BN-Adapt/TTT-KD, TTT-KD-O/Oracle), and its own marker among ten."""
+    from bench.report.figures import stream_styles
+
+    rows = [f"m{i}" for i in range(25)] + ["Source-Only", "Oracle", "Joint-Train", "Joint-Train 2D"]
+    roles = {r: "method" for r in rows} | {"Source-Only": "baseline", "Oracle": "control", "Joint-Train": "control",
+                                           "Joint-Train 2D": "control"}
+    styles = stream_styles(rows, roles)
+    pairs = [(s["color"], s["ls"]) for s in styles.values()]
+    assert len(set(pairs)) == len(rows)
+    assert all(styles[r]["color"] != "C7" for r in rows)  # tab10's grey is the controls'
+    assert len({styles[r]["marker"] for r in rows[:10]}) == 10
