@@ -10,9 +10,10 @@ on CPU one less than the usable cores (at least one), so that a core stays free 
 whatever else the machine runs; on CUDA the usable cores. Why: torch's CPU threads wait for each other
 at every parallel operation, so when another process holds a core a two-thread cell stalls (one TENT
 cell of the smoke grid on this 2-core machine under load: 44-68 s with 2 threads, 2.0-2.2 s with 1),
-while a free machine gains little from the second thread (see ``auto`` below). ``pool`` runs them in local worker processes (``--workers N``, each with
-cores/N torch threads); a worker that dies (out of memory, SIGKILL) is replaced, its job is retried
-once and then recorded as an error row with the reason, and the run goes on. ``ray`` submits one Ray
+while a free machine gains little from the second thread (see ``auto`` below).
+
+``pool`` runs them in local worker processes (``--workers N``, each with cores/N torch threads); a
+worker that dies (out of memory, SIGKILL) is replaced, its job is retried once and then recorded as an error row with the reason, and the run goes on. ``ray`` submits one Ray
 task per training and one per cell, each cell task depending on its model's training task: Ray
 starts a cell when its model is ready, and the trained checkpoint travels to the cell's node through
 Ray's object store (the training task returns the file's bytes; ``bench.transfer``), so the nodes of a

@@ -142,6 +142,7 @@ def run_status(out: Path) -> str:
         raise BenchError(f"{out}: no such run folder; give the --out folder of a run (default runs/GRID)")
     store = ResultsStore(out)
     df = store.cells()
+    store.all_scenes()  # a damaged scene table is reported here too
     lines = []
     if df.empty:
         lines.append(f"{out}: no finished cell yet")

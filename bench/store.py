@@ -90,10 +90,13 @@ class ResultsStore:
             raise BenchError(f"{self.out} is being written by another run ({who}); wait for it to finish "
                              "or use another --out folder") from None
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}")
-            f.flush()
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()}")
+                f.flush()
+            except OSError as e:
+                raise write_error(e, self.out / ".lock") from None
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
