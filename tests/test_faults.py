@@ -438,13 +438,14 @@ def test_a_full_disk_is_one_message_and_finished_cells_stay(cache, grid_file, sm
     r = bench("run", "--grid", grid_file, "--out", out, "--only", "method=source", cache=cache)
     assert r.returncode == 0, r.stdout + r.stderr
     filler = small_disk / "filler"
-    with open(filler, "wb") as f:  # leave the disk full
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # leave the disk full
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     r = bench("run", "--grid", grid_file, "--out", out, cache=cache)
     refused(r, "No space left on device", "free space there", "run the same command again; finished cells are kept")
     cells, _ = _finished(out)
