@@ -28,7 +28,7 @@ import torch
 from bench.cache import cache_dir, set_cache_dir
 from bench.errors import BenchError
 from bench.grid import load_grid
-from bench.runner import run_grid, run_status
+from bench.runner import run_grid
 from bench.store import ResultsStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,6 +368,8 @@ def _gone(pid: int) -> bool:
 def test_killed_driver_loses_and_doubles_nothing(cache, grid_file, tmp_path):
     """SIGKILL the driver of a pool run mid-grid: its workers end by themselves, status says the run
     stopped, and the same command finishes the grid with every cell once."""
+    from bench.runner import run_status
+
     out = tmp_path / "run"
     _scenes_ready(cache)
     proc = bench("run", "--grid", grid_file, "--out", out, "--executor", "pool", "--workers", "2", cache=cache,
