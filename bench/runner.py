@@ -377,7 +377,7 @@ def prepare_data(cells: list[Cell], workers: int) -> None:
 
 def summary(store: ResultsStore, cells: list[Cell], console: Console) -> None:
     """A table of the cells' results (mIoU in percent, rows named as the reports name them), then every
-    error of those cells in full, one paragraph each."""
+    error of those cells in full, once per distinct message with the cells it hit."""
     df = store.cells()
     if df.empty:
         return
@@ -385,16 +385,17 @@ def summary(store: ResultsStore, cells: list[Cell], console: Console) -> None:
     t = Table(title="summary", show_lines=False)
     for col in ("method", "source -> target", "mIoU %", "steps/scene", "s/scene", "status"):
         t.add_column(col, justify="right" if col in ("mIoU %", "steps/scene", "s/scene") else "left")
-    errors = []
+    errors: dict[str, list[str]] = {}  # message -> the cells it hit
     for _, r in df.sort_values(["label", "source", "target"]).iterrows():
         name = row_name(r["label"], json.loads(r["params"]), r["teacher"] or None)
         ok = r["status"] == "ok"
         if not ok:
-            errors.append((name, f"{r['source']} -> {r['target']}", str(r["error"])))
+            errors.setdefault(str(r["error"]), []).append(f"{name} {r['source']} -> {r['target']}")
         t.add_row(escape(name), f"{r['source']} -> {r['target']}",
                   f"{100 * r['miou']:.1f}" if ok else "-", f"{r['steps_per_scene']:.1f}" if ok else "-",
                   f"{r['adapt_s_per_scene'] + r['infer_s_per_scene']:.2f}" if ok else "-",
-                  "ok" if ok else f"error {len(errors)} (below)")
+                  "ok" if ok else f"error {list(errors).index(str(r['error'])) + 1} (below)")
     console.print(t)
-    for i, (name, pair, err) in enumerate(errors, 1):
-        console.print(f"[red]error {i}[/] {escape(name)} {escape(pair)}: {escape(err)}", soft_wrap=True)
+    for i, (err, hit) in enumerate(errors.items(), 1):
+        who = hit[0] if len(hit) == 1 else f"{len(hit)} cells ({', '.join(hit[:3])}{', ...' if len(hit) > 3 else ''})"
+        console.print(f"[red]error {i}[/] {escape(who)}: {escape(err)}", soft_wrap=True)
