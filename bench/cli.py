@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {list,run,status,select,report,compare,show,world,profile}``."""
+"""Command line: ``python -m bench {list,run,select,report,compare,show,profile}``."""
 
 from __future__ import annotations
 
@@ -127,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cache import set_cache_dir
 
         set_cache_dir(args.cache_dir)
+        if args.cmd == "status":
+            return cmd_status(args)
         return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
-                "show": cmd_show, "profile": cmd_profile, "world": cmd_world, "status": cmd_status}[args.cmd](args)
+                "show": cmd_show, "profile": cmd_profile, "world": cmd_world}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
         return 2
