@@ -13,8 +13,8 @@ cell of the smoke grid on this 2-core machine under load: 44-68 s with 2 threads
 while a free machine gains little from the second thread (see ``auto`` below).
 
 ``pool`` runs them in local worker processes (``--workers N``, each with cores/N torch threads); a
-worker that dies (out of memory, SIGKILL) is replaced, its job is retried once and then recorded as an error row with the reason, and the run goes on. ``ray`` submits one Ray
-task per training and one per cell, each cell task depending on its model's training task: Ray
+worker that dies (out of memory, SIGKILL) is replaced, its job is retried once and then recorded as
+an error row with the reason, and the run goes on. ``ray`` submits one Ray task per training and one per cell, each cell task depending on its model's training task: Ray
 starts a cell when its model is ready, and the trained checkpoint travels to the cell's node through
 Ray's object store (the training task returns the file's bytes; ``bench.transfer``), so the nodes of a
 cluster need no shared disk; Ray retries a task whose worker died once. On a cluster (``--address``),
