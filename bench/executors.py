@@ -14,15 +14,16 @@ while a free machine gains little from the second thread (see ``auto`` below).
 
 ``pool`` runs them in local worker processes (``--workers N``, each with cores/N torch threads); a
 worker that dies (out of memory, SIGKILL) is replaced, its job is retried once and then recorded as
-an error row with the reason, and the run goes on. ``ray`` submits one Ray task per training and one per cell, each cell task depending on its model's training task: Ray
-starts a cell when its model is ready, and the trained checkpoint travels to the cell's node through
-Ray's object store (the training task returns the file's bytes; ``bench.transfer``), so the nodes of a
-cluster need no shared disk; Ray retries a task whose worker died once. On a cluster (``--address``),
-each node uses its own cache folder ($TTT_BENCH_CACHE on that node, else ~/.cache/ttt-bench):
-generated scenes are regenerated there (deterministic from their seeds, and cheaper than shipping
-them) and teacher features are extracted there (deterministic given the teacher's weights, which,
-like real data, must be present on every node anyway). A local Ray (no ``--address``) shares the
-driver's cache folder. Only the driver writes results.
+an error row with the reason, and the run goes on. ``ray`` submits one Ray task per training and one
+per cell, each cell task depending on its model's training task: Ray starts a cell when its model is
+ready, and the trained checkpoint travels to the cell's node through Ray's object store (the
+training task returns the file's bytes; ``bench.transfer``), so the nodes of a cluster need no
+shared disk; Ray retries a task whose worker died once. On a cluster (``--address``), each node uses
+its own cache folder ($TTT_BENCH_CACHE on that node, else ~/.cache/ttt-bench): generated scenes are
+regenerated there (deterministic from their seeds, and cheaper than shipping them) and teacher
+features are extracted there (deterministic given the teacher's weights, which, like real data, must
+be present on every node anyway). A local Ray (no ``--address``) shares the driver's cache folder.
+Only the driver writes results.
 
 Ctrl-C stops at once: pool workers are terminated, Ray tasks cancelled; finished cells are already
 written.
