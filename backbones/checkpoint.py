@@ -3,13 +3,17 @@
 A grid cell's checkpoint is named by the cell's ``model_key()`` (``bench.spec.Cell``: backbone and
 its config, input features, recipe and its settings, teacher config, training data and its options,
 train-scene count, seed, model code version); the stored key adds the training data's fingerprint and
-the teacher's weights hash. A checkpoint that cannot be read, or whose stored key
-does not match, is retrained with a warning, never silently used. Loading uses
+the teacher's weights hash. Each checkpoint stores a sha256 of its tensors (``meta["sha256"]``:
+name, dtype, shape and bytes of each), verified on every load. A checkpoint that cannot be read,
+whose stored key does not match or whose tensors differ from their checksum is retrained with a
+warning, never silently used; one written before checkpoints carried checksums is loaded as before
+(readable, key matching, every tensor fitting the model) and its checksum is added then. Loading uses
 ``torch.load(weights_only=True)``. A file lock per key stops two workers training the same model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -48,9 +52,20 @@ def get_or_train(key: dict, spec: ModelSpec, train_fn: Callable[[SegModel], dict
                 "val_miou": float(info.get("val_miou", float("nan"))),
                 "history": json.dumps(info.get("history", []))}
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        meta["sha256"] = state_checksum(state)
         atomic_write(path, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
         model.eval()
         return model, {"cache": status, "train_seconds": meta["train_seconds"], "path": str(path)}
+
+
+def state_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's tensors in key order: name, dtype, shape and bytes of each."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _load(path: Path, key: dict, spec: ModelSpec, device):
@@ -59,8 +74,15 @@ def _load(path: Path, key: dict, spec: ModelSpec, device):
         meta = ckpt["meta"]
         if meta["key"] != json.dumps(key, sort_keys=True, default=str):
             return None, None, "its stored key differs from the requested model"
+        state = ckpt["state_dict"]
+        stored = meta.get("sha256")
+        if stored is not None and stored != state_checksum(state):
+            return None, None, "its tensors differ from their checksum (damaged or altered)"
         model = build_model(spec, "cpu")
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
+        if stored is None:  # written before checkpoints carried checksums: adopt it
+            meta = {**meta, "sha256": state_checksum(state)}
+            atomic_write(path, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
     except Exception as e:  # noqa: BLE001 - any unreadable or mismatched file is retrained
         return None, None, f"{type(e).__name__}: {e}"
     from backbones.model import to_device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import shlex
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="write a committed reference output (e.g. --out results/reference/NAME) and mark the folder "
                         "so that plain runs never resume or append there")
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    r.add_argument("--beside", action="store_true",
+                   help="when --out holds cells run with other settings (scene counts, [train], features, ...), "
+                        "write this run into OUT+HASH beside it instead of refusing")
     r.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only cells matching (repeatable): any cell setting (method, label, source, target, "
                         "backbone, teacher, seed, recipe, views, predict, reset_every, order, probe_every, ...) or "
@@ -71,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--address", help="Ray cluster address (with --executor ray)")
     sel.add_argument("--device", help="override the grid's device (cpu, cuda, cuda:1)")
 
+    st = sub.add_parser("status", help="a run's progress, also from another terminal: cells done, errors, ETA")
+    st.add_argument("run", type=Path, nargs="?", help="run folder (default: the newest folder under runs/)")
+
     rep = sub.add_parser("report", help="turn a run or reference folder into tables and figures")
     rep.add_argument("--grid", default="id_ood", help="grid name: reads runs/NAME if it has results, else "
                      "results/reference/NAME (here or in the repository holding the package; default id_ood)")
@@ -83,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("show", help="draw a scene: points from above, its views and their label maps")
     s.add_argument("scene", help="DATASET/SCENE, e.g. synth-scannet/test_0000 or synth-s3dis:jitter@3/test_0001")
-    s.add_argument("--out", type=Path, help="PNG to write (default DATASET_SCENE.png in the working folder, e.g. "
-                   "synth-scannet_test_0000.png)")
+    s.add_argument("--out", type=Path, help="PNG to write (default runs/show/DATASET_SCENE.png under the working "
+                   "folder, e.g. runs/show/synth-scannet_test_0000.png)")
     s.add_argument("--data-root", action="append", default=[], metavar="DATASET=PATH",
                    help="root of a real dataset, e.g. scannet=/data/scannet")
 
@@ -125,10 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cache import set_cache_dir
 
         set_cache_dir(args.cache_dir)
+        if args.cmd == "status":
+            return cmd_status(args)
         return {"list": cmd_list, "run": cmd_run, "select": cmd_select, "report": cmd_report, "compare": cmd_compare,
                 "show": cmd_show, "profile": cmd_profile, "world": cmd_world, "zoo": cmd_zoo}[args.cmd](args)
     except BenchError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        from bench.store import write_error
+
+        where = Path(e.filename) if e.filename else Path(".")
+        console.print(f"[bold red]error:[/] {escape(str(write_error(e, where)))}")
         return 2
     except KeyboardInterrupt:
         _stop_children()
@@ -191,13 +208,22 @@ def _kv(items: list[str], what: str, example: str) -> dict[str, str]:
     return out
 
 
-def cmd_run(args) -> int:
-    from bench.grid import Overrides, load_grid
-    from bench.runner import run_grid
-    from bench.spec import describe
-
+def _check_executor_args(args) -> None:
+    """``--workers`` and ``--address`` make sense with the executor chosen (before any work starts)."""
     if args.workers < 0:
         raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    if args.address and args.executor != "ray":
+        raise BenchError(f"--address {args.address} names a Ray cluster, which only --executor ray uses (the executor "
+                         f"is {args.executor}); add --executor ray to run on that cluster, or drop --address to run "
+                         "on this machine")
+
+
+def cmd_run(args) -> int:
+    from bench.executors import display
+    from bench.grid import Overrides, load_grid
+    from bench.runner import run_grid
+
+    _check_executor_args(args)
     overrides = Overrides(device=args.device, only=list(args.only), selected=args.selected,
                           teacher_weights=_kv(args.teacher_weights, "--teacher-weights", "dinov2=/w/dinov2_vits14.pth"),
                           data_roots=_kv(args.data_root, "--data-root", "scannet=/data/scannet"))
@@ -208,13 +234,13 @@ def cmd_run(args) -> int:
     if args.dry_run:
         out = stdout_console()
         for c in grid.cells:
-            out.print(f"{c.cell_id}  {describe(c)}", markup=False, highlight=False)
+            out.print(f"{c.cell_id}  {display(c)}", markup=False, highlight=False)
         out.print(f"{len(grid.cells)} cells")
         return 0
     out_dir = args.out or RUNS / grid.name
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     res = run_grid(grid, out_dir, None, args.executor, args.workers, args.address, console, command,
-                   reference=args.reference)
+                   reference=args.reference, beside=args.beside)
     return 1 if res["errors"] else 0
 
 
@@ -222,8 +248,7 @@ def cmd_select(args) -> int:
     from bench.executors import import_plugins
     from bench.select import run_selection
 
-    if args.workers < 0:
-        raise BenchError(f"--workers {args.workers} must be >= 0 (0 = one per core)")
+    _check_executor_args(args)
     import_plugins()
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_selection(args.grid, args.out, args.runs, args.budget_s, args.executor, args.workers, args.address,
@@ -259,6 +284,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from bench.runner import STATUS, run_status
+
+    run = args.run
+    if run is None:
+        found = sorted(RUNS.glob(f"**/{STATUS}"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise BenchError(f"no run folder with a {STATUS} under {RUNS}/; give the folder: python -m bench status "
+                             "RUN")
+        run = found[-1].parent
+    stdout_console().print(run_status(run), markup=False, highlight=False)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from bench.compare import compare
 
@@ -283,9 +322,13 @@ def cmd_show(args) -> int:
                              f"--data-root {base}=PATH")
         if not Path(root).expanduser().is_dir():
             raise BenchError(f"--data-root {d}={root}: {root} is not a folder")
-    out = args.out or Path(f"{ds.replace(':', '_').replace('@', '')}_{name.replace('/', '_')}.png")
+    from bench.show import default_out
+
+    out = args.out or default_out(ds, name)
+    if out.suffix.lower() != ".png":
+        raise BenchError(f"show --out {out}: give a .png file name, e.g. --out {out.with_suffix('.png')}")
     show_scene(ds, name, out, options={"root": roots[base]} if base in roots else None)
-    Console().print(f"wrote {out}")
+    stdout_console().print(f"wrote {out.resolve()}", markup=False, highlight=False)
     return 0
 
 

@@ -5,19 +5,25 @@ Every executor first groups the cells by the model they need and runs one *train
 trained once, the log and the bar say "model i of n" with epochs and an ETA while it trains, and a
 training that fails turns its cells into error rows without trying again for every cell.
 
-``inprocess`` runs the jobs one after another in this process with an explicit torch thread count
-(the usable cores). ``pool`` runs them in local worker processes (``--workers N``, each with
-cores/N torch threads); a worker that dies (out of memory, SIGKILL) is replaced, its job is retried
-once and then recorded as an error row with the reason, and the run goes on. ``ray`` submits one Ray
-task per training and one per cell, each cell task depending on its model's training task: Ray
-starts a cell when its model is ready, and the trained checkpoint travels to the cell's node through
-Ray's object store (the training task returns the file's bytes; ``bench.transfer``), so the nodes of a
-cluster need no shared disk; Ray retries a task whose worker died once. On a cluster (``--address``),
-each node uses its own cache folder ($TTT_BENCH_CACHE on that node, else ~/.cache/ttt-bench):
-generated scenes are regenerated there (deterministic from their seeds, and cheaper than shipping
-them) and teacher features are extracted there (deterministic given the teacher's weights, which,
-like real data, must be present on every node anyway). A local Ray (no ``--address``) shares the
-driver's cache folder. Only the driver writes results.
+``inprocess`` runs the jobs one after another in this process with an explicit torch thread count:
+on CPU one less than the usable cores (at least one), so that a core stays free for the driver and
+whatever else the machine runs; on CUDA the usable cores. Why: torch's CPU threads wait for each other
+at every parallel operation, so when another process holds a core a two-thread cell stalls (one TENT
+cell of the smoke grid on this 2-core machine under load: 44-68 s with 2 threads, 2.0-2.2 s with 1),
+while a free machine gains little from the second thread (see ``auto`` below).
+
+``pool`` runs them in local worker processes (``--workers N``, each with cores/N torch threads); a
+worker that dies (out of memory, SIGKILL) is replaced, its job is retried once and then recorded as
+an error row with the reason, and the run goes on. ``ray`` submits one Ray task per training and one
+per cell, each cell task depending on its model's training task: Ray starts a cell when its model is
+ready, and the trained checkpoint travels to the cell's node through Ray's object store (the
+training task returns the file's bytes; ``bench.transfer``), so the nodes of a cluster need no
+shared disk; Ray retries a task whose worker died once. On a cluster (``--address``), each node uses
+its own cache folder ($TTT_BENCH_CACHE on that node, else ~/.cache/ttt-bench): generated scenes are
+regenerated there (deterministic from their seeds, and cheaper than shipping them) and teacher
+features are extracted there (deterministic given the teacher's weights, which, like real data, must
+be present on every node anyway). A local Ray (no ``--address``) shares the driver's cache folder.
+Only the driver writes results.
 
 Ctrl-C stops at once: pool workers are terminated, Ray tasks cancelled; finished cells are already
 written.
@@ -65,9 +71,24 @@ def _model_key(cell) -> str:
 
 
 def _describe(cell) -> str:
-    from bench.spec import describe
+    return display(cell)
 
-    return describe(cell)
+
+def row_name(label: str, params: dict, teacher: str | None = None) -> str:
+    """A row's name as the reports write it: ``TTT-KD (steps=3) [synth2d]``."""
+    from bench.report.frame import _fmt
+
+    shown = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+    return label + (f" ({shown})" if shown else "") + (f" [{teacher}]" if teacher else "")
+
+
+def display(cell) -> str:
+    """A cell in logs and summaries, named as the reports name its row, then backbone, pair and seed."""
+    from bench.cell import row_params
+
+    return (f"{row_name(cell.label, row_params(cell), cell.teacher['name'] if cell.teacher else None)} "
+            f"{cell.backbone['name']} {cell.source}->{cell.target} s{cell.seed}")
+
 
 
 def _train_model(cell) -> dict:
@@ -230,8 +251,8 @@ class Executor:
 
 
 class InProcess(Executor):
-    def __init__(self, threads: int | None = None):
-        self.threads = threads or cpu_cores()
+    def __init__(self, threads: int | None = None, device: str = "cpu"):
+        self.threads = threads or inprocess_threads(device)
 
     def describe(self) -> str:
         return f"inprocess: {self.threads} torch threads"
@@ -610,6 +631,12 @@ def cpu_cores() -> int:
     return n
 
 
+def inprocess_threads(device: str = "cpu") -> int:
+    """Torch threads of an in-process run: on CPU all usable cores but one (at least one), on CUDA all."""
+    cores = cpu_cores()
+    return cores if device.startswith("cuda") else max(1, cores - 1)
+
+
 def make_executor(kind: str, workers: int = 0, address: str | None = None, device: str = "cpu",
                   n_cells: int | None = None) -> Executor:
     """The executor for ``kind``; ``workers`` 0 means one per core (pool, ray) or one (inprocess)."""
@@ -618,10 +645,10 @@ def make_executor(kind: str, workers: int = 0, address: str | None = None, devic
         if kind == "pool":
             workers = min(workers or cpu_cores(), n_cells or cpu_cores())
     if kind == "inprocess":
-        return InProcess() if workers <= 1 else Pool(workers)
+        return InProcess(device=device) if workers <= 1 else Pool(workers)
     if kind == "pool":
         workers = workers or cpu_cores()
-        return InProcess() if workers <= 1 else Pool(workers)
+        return InProcess(device=device) if workers <= 1 else Pool(workers)
     if kind == "ray":
         ex = Ray(address, workers or None, device)
         ex.connect()

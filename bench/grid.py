@@ -635,16 +635,34 @@ def why_no_match(cells: list[Cell], only: list[str]) -> str:
 
 
 def filter_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
-    """The cells that match every ``--only`` filter (all cells when there is none); an unknown key or a
-    filter that leaves no cell is a BenchError saying which values the cells have."""
+    """The cells that match the ``--only`` filters (all cells when there is none): filters on one key
+    are alternatives (``method=tent --only method=bn_adapt``, or ``method=tent,bn_adapt``: a value that
+    does not match as a whole is split at commas, so ``features=color,normal`` still means the list), and
+    filters on different keys must all match. An unknown key or filters that leave no cell are a
+    BenchError saying which values the cells have."""
     if not only:
         return cells
     check_only(cells, only)
-    kept = [c for c in cells if matches(c, only)]
-    if not kept:
-        raise BenchError(f"--only {' '.join(only)} matches none of the grid's {len(cells)} cells: "
-                         f"{why_no_match(cells, only)}")
-    return kept
+    groups: dict[str, list[str]] = {}
+    for f in only:
+        k, v = _split_filter(f)
+        groups.setdefault(k, []).append(v)
+
+    def one(got: Any, want: str) -> bool:
+        return same_value(got, want) or ("," in want and any(same_value(got, w.strip()) for w in want.split(",")))
+
+    left = cells
+    for i, (k, wants) in enumerate(groups.items()):
+        values = [cell_values(c) for c in left]
+        kept = [c for c, vals in zip(left, values) if k in vals and any(one(vals[k], w) for w in wants)]
+        if not kept:
+            present = {vals[k] if not isinstance(vals[k], list) else tuple(vals[k]) for vals in values if k in vals}
+            after = (" among the cells that match " + " ".join(f"{key}={'|'.join(ws)}" for key, ws in
+                                                             list(groups.items())[:i])) if i else ""
+            why = f"{k} is one of {_shown(present)}{after}" if present else f"no cell has '{k}'{after}"
+            raise BenchError(f"--only {' '.join(only)} matches none of the grid's {len(cells)} cells: {why}")
+        left = kept
+    return left
 
 
 def check_only(cells: list[Cell], only: list[str]) -> None:

@@ -34,7 +34,8 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class Range(Check):
-    """lo <= value <= hi (``lo_open`` / ``hi_open``: strict); an unbounded side is infinite."""
+    """lo <= value <= hi (``lo_open`` / ``hi_open``: strict), a finite number: an unbounded side means
+    no bound, never that an infinite value is valid (``lr = inf`` would train to garbage and end "ok")."""
 
     lo: float = -math.inf
     hi: float = math.inf
@@ -42,7 +43,7 @@ class Range(Check):
     hi_open: bool = False
 
     def ok(self, value: Any) -> bool:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             return False
         above = value > self.lo if self.lo_open else value >= self.lo
         below = value < self.hi if self.hi_open else value <= self.hi
@@ -124,7 +125,8 @@ def problems_of(cfg: Any) -> list[str]:
             raise TypeError(f"{type(cfg).__name__}.CHECKS names '{name}', which is not one of its fields")
         value = getattr(cfg, name)
         if value is not None and not check.ok(value):
-            out.append(f"parameter '{name}' = {value!r} must be {check}")
+            finite = "a finite number, " if isinstance(value, float) and math.isinf(value) else ""
+            out.append(f"parameter '{name}' = {value!r} must be {finite}{check}")
     return out
 
 

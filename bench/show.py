@@ -15,10 +15,17 @@ from matplotlib.patches import Patch  # noqa: E402
 from bench.data.classes import CLASSES, NUM_CLASSES  # noqa: E402
 
 PALETTE = plt.get_cmap("tab20")(np.linspace(0, 1, 20))[:NUM_CLASSES]
+IGNORE_RGB = (0.15, 0.15, 0.15)  # points and pixels labelled -1 (ignore)
+OUT_DIR = Path("runs") / "show"  # where `bench show` writes without --out (git ignores runs/)
+
+
+def default_out(dataset: str, name: str) -> Path:
+    """``runs/show/DATASET_SCENE.png`` under the working folder, e.g. runs/show/synth-scannet_test_0000.png."""
+    return OUT_DIR / f"{dataset.replace(':', '_').replace('@', '')}_{name.replace('/', '_')}.png"
 
 
 def label_rgb(label: np.ndarray) -> np.ndarray:
-    out = np.ones(label.shape + (3,)) * 0.15
+    out = np.ones(label.shape + (3,)) * np.array(IGNORE_RGB)
     ok = label >= 0
     out[ok] = PALETTE[label[ok]][..., :3]
     return out
@@ -86,7 +93,8 @@ def show_scene(dataset: str, name: str, out: Path, max_views: int = 4, options: 
         if v.label is not None:
             axes[3, j].imshow(label_rgb(v.label))
     handles = [Patch(color=PALETTE[i][:3], label=c) for i, c in enumerate(CLASSES)]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8)
+    handles.append(Patch(color=IGNORE_RGB, label="ignore (unlabelled)"))
+    fig.legend(handles=handles, loc="lower center", ncol=7, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -7,6 +7,11 @@ there; scene rows without a cell row (a run killed between the two writes) are d
 and replaced when the cell runs again, so a killed run resumes with no row lost or doubled. A lock
 file stops two runs from writing one folder at once (it is removed when the run ends).
 
+A table that cannot be read (a disk fault, a hand edit) is a BenchError naming the file and the fix:
+move it away and run again; a finished cell whose scene rows are gone runs again. A write that
+fails (a full disk, a folder that is not writable) is a BenchError naming the file, before or after
+which nothing half-written is left (every write is a rename).
+
 A folder holding a ``REFERENCE`` marker is a committed reference output (``results/reference/GRID``,
 written by ``bench run --reference``): a plain run refuses to resume or append there.
 
@@ -21,6 +26,7 @@ reference stays a complete record. Reading fills those columns from ``conf`` aga
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -79,11 +85,16 @@ class ResultsStore:
         return (self.out / MARKER).is_file()
 
     def check_writable(self) -> None:
-        """The folder is (or can become) a folder, and a plain run never writes into a reference folder."""
+        """The folder is (or can become) a folder this process may write, and a plain run never writes
+        into a reference folder. Nothing is created here."""
         if (p := not_a_folder(self.out)) is not None:
             raise BenchError(f"results folder {self.out}: {p} is a file, not a folder; give a folder (--out of "
                              "bench run, --runs of bench select): a new one, e.g. runs/NAME, or an earlier "
                              "run's folder to resume it")
+        existing = next((q for q in (self.out, *self.out.parents) if q.exists()), None)
+        if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+            raise BenchError(f"results folder {self.out}: {existing} is not writable here; give --out a folder "
+                             "you can write, e.g. runs/NAME")
         if self.is_reference() and not self.reference:
             raise BenchError(f"{self.out} holds reference results (it has a {MARKER} file), which a run never "
                              "resumes or appends to; run into a runs folder instead (the default, runs/GRID, or "
@@ -93,11 +104,14 @@ class ResultsStore:
     @contextlib.contextmanager
     def lock(self):
         self.check_writable()
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.reference and not self.is_reference():
-            atomic_write(self.out / MARKER, lambda p: p.write_text(
-                "Reference results: written by `python -m bench run --reference`; plain runs never write here.\n"))
-        f = open(self.out / ".lock", "a+")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if self.reference and not self.is_reference():
+                self.write(self.out / MARKER, lambda p: p.write_text(
+                    "Reference results: written by `python -m bench run --reference`; plain runs never write here.\n"))
+            f = open(self.out / ".lock", "a+")
+        except OSError as e:
+            raise write_error(e, self.out) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -107,10 +121,13 @@ class ResultsStore:
             raise BenchError(f"{self.out} is being written by another run ({who}); wait for it to finish "
                              "or use another --out folder") from None
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()}")
-            f.flush()
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()}")
+                f.flush()
+            except OSError as e:
+                raise write_error(e, self.out / ".lock") from None
             yield
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -118,57 +135,78 @@ class ResultsStore:
             fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
 
-    def cells(self) -> pd.DataFrame:
-        if not self.cells_path.is_file():
+    def _table(self, path: Path, lost: str) -> pd.DataFrame:
+        if not path.is_file():
             return pd.DataFrame()
         try:
-            return _read_table(self.cells_path)
-        except Exception as e:  # noqa: BLE001
-            raise BenchError(f"{self.cells_path}: unreadable results table ({e}); move it away to start anew") from e
+            return _read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BenchError(f"{path}: unreadable results table ({type(e).__name__}: {first}); move it away "
+                             f"(mv {path} {path}.bad) and run the same command again: {lost}") from None
+
+    def cells(self) -> pd.DataFrame:
+        return self._table(self.cells_path, "the cells it held run again (cells.csv beside it keeps a copy of "
+                                            "their rows)")
+
+    def all_scenes(self) -> pd.DataFrame:
+        """Every scene row on disk, also those of cells without a cell row (a run killed in between)."""
+        return self._table(self.scenes_path, "finished cells whose scene rows it held run again, the others "
+                                             "are kept")
 
     def scenes(self) -> pd.DataFrame:
-        if not self.scenes_path.is_file():
-            return pd.DataFrame()
-        df = _fill_derived(_read_table(self.scenes_path))
+        df = self.all_scenes()
+        if df.empty:
+            return df
+        df = _fill_derived(df)
         cells = self.cells()
         if cells.empty:
             return df.iloc[0:0]
         return df[df["cell_id"].isin(set(cells["cell_id"]))]
 
     def data_keys(self) -> dict[str, str]:
-        """Cell id -> the data key its finished row recorded ("" for rows written before rows had one)."""
+        """Cell id -> the data key its finished row recorded ("" for rows written before rows had one),
+        for the cells finished with their scene rows (a cell whose scene rows were lost runs again)."""
         df = self.cells()
         if df.empty:
             return {}
         ok = df[df["status"] == "ok"]
+        scenes = self.all_scenes()
+        if not ok.empty:
+            ok = ok[ok["cell_id"].isin(set(scenes["cell_id"]))] if not scenes.empty else ok.iloc[0:0]
         keys = ok["data_key"] if "data_key" in ok else pd.Series("", index=ok.index)
         return {c: (k if isinstance(k, str) else "") for c, k in zip(ok["cell_id"], keys)}
 
+    def write(self, path: Path, write_fn) -> None:
+        """``atomic_write`` that turns an OS error (full disk, no permission) into one BenchError."""
+        try:
+            atomic_write(path, write_fn)
+        except OSError as e:
+            raise write_error(e, path) from None
+
     def append(self, cell_row: dict, scene_rows: list[dict]) -> None:
         cid = cell_row["cell_id"]
-        if self.scenes_path.is_file():
-            old = _read_table(self.scenes_path)
+        old = self.all_scenes()
+        if not old.empty:
             old = old[old["cell_id"] != cid]
-        else:
-            old = pd.DataFrame()
         new = pd.DataFrame(scene_rows)
         if self.reference:
             old, new = _compact_scenes(old), _compact_scenes(new)
         scenes = pd.concat([old, new], ignore_index=True) if not old.empty else new
         opts = {"compression": COMPRESSION} if self.reference else {}
         if not scenes.empty:
-            atomic_write(self.scenes_path, lambda p: scenes.to_parquet(p, index=False, **opts))
+            self.write(self.scenes_path, lambda p: scenes.to_parquet(p, index=False, **opts))
         cells = self.cells()
         if not cells.empty:
             cells = cells[cells["cell_id"] != cid]
         row = pd.DataFrame([cell_row])
         cells = pd.concat([cells, row], ignore_index=True) if not cells.empty else row
-        atomic_write(self.cells_path, lambda p: cells.to_parquet(p, index=False, **opts))
+        self.write(self.cells_path, lambda p: cells.to_parquet(p, index=False, **opts))
         if self.reference:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.out / "cells.csv")  # a reference keeps no copy that could go stale
         else:
-            atomic_write(self.out / "cells.csv", lambda p: cells.to_csv(p, index=False))
+            self.write(self.out / "cells.csv", lambda p: cells.to_csv(p, index=False))
 
 
 def compact(folder: Path) -> tuple[int, int]:
@@ -187,3 +225,16 @@ def compact(folder: Path) -> tuple[int, int]:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(folder / "cells.csv")
     return before, sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def write_error(e: OSError, path: Path) -> BenchError:
+    """One message for a write that failed: which file, why, and what to do (finished cells are kept)."""
+    where = e.filename or path
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = ("no space left on its disk: free space there (or move --out, or --cache-dir for cache files, to "
+               "another disk) and run the same command again; finished cells are kept")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "this folder cannot be written here; give --out a folder you can write, e.g. runs/NAME"
+    else:
+        fix = "check the disk and the folder, then run the same command again; finished cells are kept"
+    return BenchError(f"cannot write {where} ({e.strerror or e}): {fix}")

@@ -248,6 +248,20 @@ def is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/__torch__/" in n for n in zf.namelist())
 
 
+def reader_reason(e: BaseException) -> str:
+    """What a checkpoint reader's exception says about the file, without its advice: PyTorch's
+    weights-only refusal suggests ``weights_only=False`` (running whatever code the file carries), which
+    is never the fix here; its one useful part is the unpickler's own error. Else the first sentence."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+        return f"torch's data-only reader: {detail or 'refused'}"
+    first = text.splitlines()[0]
+    return first.split(". ")[0].rstrip(".")
+
+
 def read_checkpoint(path: Path, teacher: str) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` state dict from ``path``. Safetensors and torch files are read as data
     only (a pickle that carries code is refused); TorchScript archives through ``read_torchscript``.
@@ -273,7 +287,7 @@ def read_checkpoint(path: Path, teacher: str) -> dict[str, torch.Tensor]:
     except BenchError:
         raise
     except pickle.UnpicklingError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reader_reason(e)
         pickled = zipfile.is_zipfile(path) or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04",
                                                                                      b"\x05"))
         refused = any(w in str(e).lower() for w in ("weights only", "refusing", "unsupported global"))
@@ -284,7 +298,7 @@ def read_checkpoint(path: Path, teacher: str) -> dict[str, torch.Tensor]:
                              f"or use the official release file ({msg})") from e
         raise BenchError(f"teacher '{teacher}': cannot read {path} ({size} bytes): {fix} ({msg})") from e
     except Exception as e:  # noqa: BLE001  (torch/zip/safetensors raise many kinds for a bad file)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reader_reason(e)
         raise BenchError(f"teacher '{teacher}': cannot read {path} ({size} bytes): {fix} ({type(e).__name__}: "
                          f"{msg})") from e
     while isinstance(sd, dict):

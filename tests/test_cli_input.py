@@ -155,10 +155,11 @@ def test_show_takes_a_data_root(tmp_path):
     np.save(scene / "segment20.npy", np.resize(np.array([0, 4, 12], np.int16), 200))
     r = bench("show", "scannet/val/scene0002_00", "--data-root", f"scannet={tmp_path / 'scannet'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "scannet_val_scene0002_00.png").stat().st_size > 5000
+    png = tmp_path / "runs" / "show" / "scannet_val_scene0002_00.png"  # git ignores runs/
+    assert png.stat().st_size > 5000 and str(png) in " ".join(r.stdout.split())
     refused(bench("show", "scannet/val/scene0002_00", "--data-root", f"s3dis={tmp_path}"),
             "the scene is from dataset 'scannet', not 's3dis'")
-    assert "DATASET_SCENE.png" in " ".join(bench("show", "--help").stdout.split())
+    assert "runs/show/DATASET_SCENE.png" in " ".join(bench("show", "--help").stdout.split())
 
 
 def test_world_refuses_a_real_dataset_before_measuring():
@@ -218,3 +219,26 @@ def test_world_checks_results_before_measuring(tmp_path, monkeypatch):
         world.run_world(["synth-val"], 2, tmp_path / "out", Path("/nonexistent"))
     assert not (tmp_path / "out").exists()
     assert _parser().parse_args(["world"]).out == Path("runs/world")
+
+
+# 12 -- issue 29: options that would be silently ignored, --only alternatives, lr = inf
+def test_address_without_ray_is_refused():
+    for cmd in (["run", "--grid", "smoke", "--dry-run"], ["select", "--dry-run"]):
+        refused(bench(*cmd, "--address", "auto"), "--address auto names a Ray cluster, which only --executor ray uses",
+                "add --executor ray")
+
+
+def test_only_filters_on_one_key_are_alternatives():
+    def methods(only):
+        return sorted({c.method for c in load_grid("smoke", Overrides(only=only)).cells})
+
+    assert methods(["method=tent,bn_adapt"]) == methods(["method=tent", "method=bn_adapt"]) == ["bn_adapt", "tent"]
+    assert len(load_grid("smoke", Overrides(only=["method=tent,bn_adapt", "target=synth-s3dis"])).cells) == 2
+    with pytest.raises(BenchError, match=r"matches none of the grid's 12 cells: target is one of synth-s3dis, "
+                                         r"synth-scannet among the cells that match method=tent"):
+        load_grid("smoke", Overrides(only=["method=tent", "target=nope"]))
+
+
+def test_infinite_learning_rate_is_refused(tmp_path):
+    p = _grid(tmp_path, SMOKE.replace('name = "tent"\nlabel = "TENT"', 'name = "tent"\nlabel = "TENT"\nlr = inf'))
+    refused(bench("run", "--grid", str(p), "--dry-run"), "parameter 'lr' = inf must be a finite number, > 0")

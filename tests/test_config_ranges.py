@@ -41,6 +41,11 @@ CASES = {
     "bn": ('[[methods]]\nname = "entropy"\nbn = "foo"',
            "method 'entropy': parameter 'bn' = 'foo' must be one of 'test', 'source'"),
     "lr": ('[[methods]]\nname = "tent"\nlr = -0.1', "method 'tent': parameter 'lr' = -0.1 must be > 0"),
+    # TOML writes infinity as inf: no unbounded range lets it through (it trained to garbage, status "ok")
+    "lr_inf": ('[[methods]]\nname = "tent"\nlr = inf',
+               "method 'tent': parameter 'lr' = inf must be a finite number, > 0"),
+    "margin_inf": ('[[methods]]\nname = "eata"\nd_margin = -inf',
+                   "method 'eata': parameter 'd_margin' = -inf must be a finite number, >= 0"),
     "epochs": ('[train]\nepochs = -1\n[[methods]]\nname = "source"',
                "[train]: parameter 'epochs' = -1 must be >= 1 (the [train] table of recipe(s) source)"),
 }

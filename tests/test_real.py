@@ -296,3 +296,72 @@ def test_all_ignore_scene_is_warned_by_name(scannet_root, caplog):
         s = get_dataset("scannet", root=str(scannet_root)).load("train/scene0001_00")
     assert s.diagnostics["labelled"] == 0.0
     assert "scene0001_00/segment20.npy: every point is labelled ignore after mapping" in caplog.text
+
+
+# every scene file a run will read is checked before any work starts (issue 29, item 1)
+REAL_GRID = """
+name = "real"
+pairs = ["scannet->scannet"]
+backbones = [{{ name = "spunet", channels = [8, 16], voxel_size = 0.2 }}]
+seeds = [0]
+train_scenes = 2
+val_scenes = 0
+test_scenes = 1
+[data_options.scannet]
+root = "{root}"
+[train]
+epochs = 1
+[[methods]]
+name = "source"
+"""
+
+
+def _break(scene, problem):
+    if problem == "shape":
+        np.save(scene / "coord.npy", np.zeros((200, 2), np.float32))
+    elif problem == "nan":
+        c = np.load(scene / "coord.npy")
+        c[3] = np.nan
+        np.save(scene / "coord.npy", c)
+    elif problem == "label_range":
+        np.save(scene / "segment20.npy", np.full(200, 99, np.int16))
+    elif problem == "float_labels":
+        np.save(scene / "segment20.npy", np.zeros(200, np.float32))
+    elif problem == "empty":
+        for f in ("coord", "color", "normal"):
+            np.save(scene / f"{f}.npy", np.zeros((0, 3), np.float32))
+    elif problem == "truncated":
+        data = (scene / "color.npy").read_bytes()
+        (scene / "color.npy").write_bytes(data[: len(data) // 2])
+    elif problem == "missing":
+        (scene / "segment20.npy").unlink()
+    elif problem == "no_normals":
+        (scene / "normal.npy").unlink()
+
+
+@pytest.mark.parametrize("problem, file, message", [
+    ("shape", "coord.npy", "expected shape (N,3), got (200, 2); export the scene again"),
+    ("nan", "coord.npy", "1 points have NaN/inf coordinates"),
+    ("label_range", "segment20.npy", "200 labels outside [-1, 19]"),
+    ("float_labels", "segment20.npy", "labels must be integers, got float32; save them as int16"),
+    ("empty", "coord.npy", "scene has no points"),
+    ("truncated", "color.npy", "truncated or not a numpy array: export the scene again"),
+    ("missing", "segment20.npy", "file missing; check the data root"),
+    ("no_normals", "normal.npy", "features include 'normal'"),
+])
+def test_malformed_scenes_are_refused_before_the_run(scannet_root, tmp_path, problem, file, message):
+    """A malformed scene of any kind is one BenchError naming the file and the fix before any work
+    (it used to start the run, write an error row and exit 1); the other scenes' problems come with it."""
+    from bench.grid import load_grid
+    from bench.runner import run_grid
+
+    grid = tmp_path / "real.toml"
+    grid.write_text(REAL_GRID.format(root=scannet_root))
+    scene = scannet_root / "train" / "scene0001_00"
+    _break(scene, problem)
+    out = tmp_path / "out"
+    with pytest.raises(BenchError) as e:
+        run_grid(load_grid(str(grid)), out)
+    text = str(e.value)
+    assert f"{scene / file}" in text and message in text, text
+    assert text.count(str(scene)) == 1 and not out.exists()

@@ -551,3 +551,18 @@ def test_compare_scores_an_old_reference_and_a_new_run_by_one_rule():
     assert (run_cells["miou"] - ref_cells["miou"]).abs().min() > 2 * SINGLE_SEED_TOL
     out = compare_frames(run_cells, run_scenes, ref_cells, ref_scenes)
     assert set(out["verdict"]) == {"agree"} and np.allclose(out["delta"], 0)
+
+
+def test_stream_position_lines_are_told_apart():
+    """Every row of the stream-position figure has its own colour and dash (rows shared colours before:
+    Joint-Train/AdaContrast, BN-Adapt/TTT-KD, TTT-KD-O/Oracle), and its own marker among ten."""
+    from bench.report.figures import stream_styles
+
+    rows = [f"m{i}" for i in range(25)] + ["Source-Only", "Oracle", "Joint-Train", "Joint-Train 2D"]
+    roles = {r: "method" for r in rows} | {"Source-Only": "baseline", "Oracle": "control", "Joint-Train": "control",
+                                           "Joint-Train 2D": "control"}
+    styles = stream_styles(rows, roles)
+    pairs = [(s["color"], s["ls"]) for s in styles.values()]
+    assert len(set(pairs)) == len(rows)
+    assert all(styles[r]["color"] != "C7" for r in rows)  # tab10's grey is the controls'
+    assert len({styles[r]["marker"] for r in rows[:10]}) == 10

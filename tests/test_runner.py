@@ -118,7 +118,7 @@ def test_run_resume_and_no_doubles(tmp_path, grid_file):
     g = load_grid(str(grid_file))
     out = tmp_path / "res"
     r1 = run_grid(g, out, only=["target=tiny-b"])
-    assert r1 == {"ran": 6, "errors": 0, "seconds": r1["seconds"]}
+    assert r1 == {"ran": 6, "errors": 0, "seconds": r1["seconds"], "out": out}
     cells = pd.read_parquet(out / "cells.parquet")
     assert len(cells) == 6 and set(cells["status"]) == {"ok"}
     assert (out / "cells.csv").is_file() and (out / "env.json").is_file() and (out / "config.toml").is_file()
@@ -306,6 +306,14 @@ def test_auto_executor(monkeypatch):
     assert isinstance(make_executor("auto", device="cpu", n_cells=1), InProcess)
     assert isinstance(make_executor("auto", device="cuda"), InProcess)
     assert make_executor("pool", workers=2).threads() == 2
+    # one process on CPU leaves a core free (two torch threads stalled 20-30x under load on 2 cores)
+    assert make_executor("auto", device="cpu", n_cells=1).threads == 3
+    assert make_executor("pool", workers=1).threads == make_executor("inprocess").threads == 3
+    assert make_executor("auto", device="cuda").threads == 4
+    monkeypatch.setattr(executors, "cpu_cores", lambda: 2)
+    assert make_executor("auto", device="cpu", n_cells=1).threads == 1
+    monkeypatch.setattr(executors, "cpu_cores", lambda: 1)
+    assert make_executor("inprocess").threads == 1
     with pytest.raises(BenchError, match="unknown executor 'threads'; valid: auto"):
         make_executor("threads")
 
@@ -553,3 +561,98 @@ def test_rows_that_differ_only_in_a_cell_setting_stay_apart():
     views = {json.loads(r).get("views") for r in rows}  # beside the selected lr and steps the grid uses
     # synthetic scenes have 10 views, so views = "all" is views = 10: one cell (bench.grid drops the later one)
     assert len(rows) == 6 and views == {1, 2, 3, 4, 5, 10}
+
+
+# ------------------------------------------------------------------ issue 29: messages, settings, status
+def _console():
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    return Console(file=buf, width=200), buf
+
+
+def test_train_scenes_zero_is_named_once(tmp_path):
+    """train_scenes = 0 is one line that names the setting (it was 12 lines of 'no scenes to read')."""
+    p = tmp_path / "g.toml"
+    p.write_text(SYNTH_GRID.replace("train_scenes = 1", "train_scenes = 0"))
+    with pytest.raises(BenchError) as e:
+        run_grid(load_grid(str(p)), tmp_path / "out")
+    text = str(e.value)
+    assert text.count("train_scenes = 0") == 1 and "set train_scenes = N >= 1" in text, text
+    assert "problems" not in text and "(3 cells," in text and not (tmp_path / "out").exists()
+
+
+def test_errors_are_shown_whole_and_rows_named_as_in_reports(tmp_path, monkeypatch, caplog):
+    """A cell's error reaches the log and the summary whole (it was cut at 80 and 60 characters), the
+    summary says where every error is kept, and rows are named as the reports name them."""
+    long = "boom " + "x" * 120 + " THE USEFUL END"
+    monkeypatch.setattr(Flaky, "adapt", lambda self, inp: (_ for _ in ()).throw(RuntimeError(long)))
+    p = tmp_path / "g.toml"
+    p.write_text(GRID + '[[methods]]\nname = "flaky"\nlabel = "Flaky"\nfail_on = "x"\n')
+    console, buf = _console()
+    caplog.set_level("INFO")
+    run_grid(load_grid(str(p)), tmp_path / "out", only=["target=tiny-a", "source=tiny-a"], console=console)
+    shown = " ".join((buf.getvalue() + caplog.text).split())
+    assert shown.count("THE USEFUL END") == 2  # the log line and the summary
+    assert "Flaky (fail_on=x) spunet tiny-a->tiny-a s0: error: RuntimeError: boom" in shown
+    assert f"column 'error' of {tmp_path / 'out' / 'cells.csv'}" in shown
+    assert "BN-Adapt (prior=0.5)" in shown and "BN-Adapt(prior" not in shown
+
+
+def test_a_folder_holds_one_setting_of_each_grid_key(tmp_path, grid_file):
+    """Cells of another scene count or [train] are refused with the keys and values that differ (they
+    used to be mixed in and crash the report), nothing written; new methods, parameters and seeds may
+    join; --beside writes the other settings into a folder of their own, the same one every time."""
+    out = tmp_path / "res"
+    run_grid(load_grid(str(grid_file)), out, only=["method=source"])
+    before = {f: (out / f).read_bytes() for f in ("cells.parquet", "scenes.parquet", "config.toml")}
+    assert json.loads(pd.read_parquet(out / "cells.parquet")["config"].iloc[0])["test_scenes"] == 2
+    edited = tmp_path / "edited.toml"
+    edited.write_text(GRID.replace("test_scenes = 2", "test_scenes = 3").replace("epochs = 1", "epochs = 2"))
+    with pytest.raises(BenchError) as e:
+        run_grid(load_grid(str(edited)), out, only=["method=source"])
+    text = str(e.value)
+    assert "test_scenes = 2 there, 3 now" in text and 'train_cfg = {"epochs": 1} there, {"epochs": 2} now' in text
+    assert "--beside" in text and "train_scenes" not in text
+    assert {f: (out / f).read_bytes() for f in before} == before
+    # a grown grid (another parameter value, a new method) may join the folder
+    grown = tmp_path / "grown.toml"
+    grown.write_text(GRID.replace("prior = [0.0, 0.5]", "prior = [0.0, 0.5, 0.9]"))
+    assert run_grid(load_grid(str(grown)), out, only=["method=bn_adapt"])["ran"] == 12
+    assert (out / "config-1.toml").read_text() == before["config.toml"].decode()  # the first grid file is kept
+    # beside: the same folder for the same settings, reported apart
+    r = run_grid(load_grid(str(edited)), out, only=["method=source", "target=tiny-a"], beside=True)
+    assert r["out"].parent == out.parent and r["out"].name.startswith("res+") and r["ran"] == 2
+    assert run_grid(load_grid(str(edited)), out, only=["method=source"], beside=True)["out"] == r["out"]
+    assert len(ResultsStore(out).cells()) == 16 and len(ResultsStore(r["out"]).cells()) == 4
+
+
+def test_legacy_rows_without_config_are_compared_by_their_columns(tmp_path, grid_file):
+    out = tmp_path / "res"
+    run_grid(load_grid(str(grid_file)), out, only=["method=source"])
+    df = pd.read_parquet(out / "cells.parquet").drop(columns=["config"])
+    df.to_parquet(out / "cells.parquet", index=False)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(GRID.replace("train_scenes = 2", "train_scenes = 1"))
+    with pytest.raises(BenchError, match="train_scenes = 2 there, 1 now"):
+        run_grid(load_grid(str(edited)), out, only=["method=source"])
+
+
+def test_status_of_a_finished_run(tmp_path, grid_file):
+    from bench.runner import run_status
+
+    out = tmp_path / "res"
+    p = tmp_path / "g.toml"
+    p.write_text(GRID + '[[methods]]\nname = "flaky"\nlabel = "Flaky"\nfail_on = "tiny-a"\n')
+    os.environ["FLAKY_TARGET"] = "tiny-a"
+    try:
+        run_grid(load_grid(str(p)), out, only=["target=tiny-a"])
+    finally:
+        del os.environ["FLAKY_TARGET"]
+    text = run_status(out)
+    assert f"{out}: 8 cells recorded, 6 ok, 2 errors" in text and "cells: 8 of 8 done, 2 errors, 0 left" in text
+    assert "ended" in text and text.count("error: Flaky") == 2 and "RuntimeError: boom" in text
+    with pytest.raises(BenchError, match="no such run folder"):
+        run_status(tmp_path / "nope")

@@ -44,6 +44,12 @@ class Dataset:
     def ensure(self, names: list[str], workers: int = 1) -> None:
         """Make the named scenes available on disk (generated datasets generate them; others have them)."""
 
+    def check(self, names: list[str], normals: bool = False) -> list[str]:
+        """Problems of the named scenes that would stop a cell reading them, one line each naming the
+        file and the fix (``normals``: the cells' input features include normals). Run before any work
+        starts; datasets that make their own scenes (``ensure``) have none to report."""
+        return []
+
     def fingerprint(self) -> dict:
         """What identifies the data (for cache keys)."""
         return {"dataset": self.name}
@@ -94,6 +100,9 @@ class CorruptedDataset(Dataset):
 
     def ensure(self, names, workers=1):
         self.base.ensure(names, workers)
+
+    def check(self, names, normals=False):
+        return self.base.check(names, normals)
 
     def load(self, name, with_views=True):
         scene = self.base.load(name, with_views)

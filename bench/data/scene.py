@@ -12,12 +12,21 @@ On disk (Pointcept's layout plus paired views)::
     SCENE/views/NNNNN_pose.txt       4x4 camera-to-world
     SCENE/views/NNNNN_label.png      optional uint8 label map (255 = ignore), synthetic data only
 
+    SCENE/checksums.sha256           sha256 of every other file of the folder (``sha256sum`` format)
+
 Depth maps may have another resolution than the colour image (as in ScanNet); the reader rescales
 them to the image size by nearest-neighbour sampling so that one intrinsic serves both.
+
+``write_scene`` writes ``checksums.sha256`` last, inside the temporary folder that is renamed into
+place, so a scene folder with a matching checksum file is complete and unaltered
+(``verify_checksums``; ``sha256sum -c checksums.sha256`` inside the folder checks the same). The check
+knows nothing of the files' meaning: any file added, removed or changed fails it. Generated datasets
+verify it on every read and regenerate a scene that fails; real data may come without the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -107,9 +116,65 @@ def _check(ok: bool, where, msg: str) -> None:
         raise BenchError(f"{where}: {msg}. Fix or regenerate the scene.")
 
 
+# --------------------------------------------------------------------------------------- checksums
+CHECKSUMS = "checksums.sha256"
+
+
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative POSIX path -> hex digest), but the checksum file."""
+    folder = Path(folder)
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != CHECKSUMS:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[p.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
+def write_checksums(folder: Path) -> Path:
+    """Write ``folder/checksums.sha256`` for the files there now (``sha256sum`` format)."""
+    lines = "".join(f"{h}  {rel}\n" for rel, h in folder_checksums(folder).items())
+    path = Path(folder) / CHECKSUMS
+    path.write_text(lines)
+    return path
+
+
+def verify_checksums(folder: Path) -> str | None:
+    """None if ``folder`` holds exactly the files its checksum file lists, each with its checksum; else
+    what is wrong, naming the first file (a missing folder or checksum file counts as wrong)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder}: missing"
+    listed: dict[str, str] = {}
+    try:
+        for line in (folder / CHECKSUMS).read_text().splitlines():
+            h, _, rel = line.partition("  ")
+            if len(h) != 64 or not rel:
+                return f"{folder / CHECKSUMS}: malformed line {line[:80]!r}"
+            listed[rel] = h
+    except FileNotFoundError:
+        return f"{folder / CHECKSUMS}: missing (an incomplete scene, or one written before scenes carried checksums)"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{folder / CHECKSUMS}: unreadable ({e})"
+    actual = folder_checksums(folder)
+    for rel, h in listed.items():
+        if rel not in actual:
+            return f"{folder / rel}: missing"
+        if actual[rel] != h:
+            return f"{folder / rel}: content differs from its checksum (damaged or altered)"
+    extra = sorted(set(actual) - set(listed))
+    if extra:
+        return f"{folder / extra[0]}: not listed in {CHECKSUMS} (a file added to the scene)"
+    return None
+
+
 # ------------------------------------------------------------------------------------------- writer
 def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> Path:
-    """Write ``scene`` to ``folder`` atomically (a temporary folder renamed into place)."""
+    """Write ``scene`` to ``folder`` atomically (a temporary folder renamed into place), its checksum
+    file last."""
     scene.validate()
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +199,7 @@ def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> 
                 if v.label is not None:
                     lab = np.where(v.label < 0, 255, v.label).astype(np.uint8)
                     Image.fromarray(lab).save(vdir / f"{i:05d}_label.png")
+        write_checksums(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -146,11 +212,13 @@ def write_scene(scene: Scene, folder: Path, label_file: str = "segment.npy") -> 
 # ------------------------------------------------------------------------------------------- reader
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise BenchError(f"{path}: file missing. Check the data root or regenerate the scene.")
+        raise BenchError(f"{path}: file missing; check the data root, or export the scene again (a scene folder "
+                         "holds coord.npy, color.npy, the label file and optionally normal.npy)")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises many types for corrupt files
-        raise BenchError(f"{path}: cannot read as .npy ({e}). Re-export or regenerate this file.") from e
+        raise BenchError(f"{path}: cannot read as .npy ({e}); the file is truncated or not a numpy array: export "
+                         "the scene again") from e
 
 
 def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.ndarray | None = None):
@@ -160,29 +228,35 @@ def read_points(folder: Path, label_file: str = "segment.npy", label_map: np.nda
         raise BenchError(f"{folder}: scene folder not found. Check the data root and split list.")
     coord = _load_npy(folder / "coord.npy")
     if coord.ndim != 2 or coord.shape[1] != 3:
-        raise BenchError(f"{folder / 'coord.npy'}: expected shape (N,3), got {coord.shape}")
+        raise BenchError(f"{folder / 'coord.npy'}: expected shape (N,3), got {coord.shape}; export the scene "
+                         "again with one x,y,z row per point")
     if coord.shape[0] == 0:
-        raise BenchError(f"{folder / 'coord.npy'}: scene has no points")
+        raise BenchError(f"{folder / 'coord.npy'}: scene has no points; export it again or leave it out of the "
+                         "split (splits/SPLIT.txt)")
     if not np.isfinite(coord).all():
         raise BenchError(f"{folder / 'coord.npy'}: {int((~np.isfinite(coord)).any(1).sum())} points have "
                          "NaN/inf coordinates; clean the export")
     n = coord.shape[0]
     color = _load_npy(folder / "color.npy")
     if color.shape != (n, 3):
-        raise BenchError(f"{folder / 'color.npy'}: expected shape ({n}, 3), got {color.shape}")
+        raise BenchError(f"{folder / 'color.npy'}: expected shape ({n}, 3), got {color.shape}; export the scene "
+                         "again with one RGB row per point")
     color = color.astype(np.float32) / (255.0 if color.dtype == np.uint8 or color.max() > 1.0 else 1.0)
     normal = None
     if (folder / "normal.npy").is_file():
         normal = _load_npy(folder / "normal.npy").astype(np.float32)
         if normal.shape != (n, 3):
-            raise BenchError(f"{folder / 'normal.npy'}: expected shape ({n}, 3), got {normal.shape}")
+            raise BenchError(f"{folder / 'normal.npy'}: expected shape ({n}, 3), got {normal.shape}; export the "
+                             "scene again, or delete normal.npy and set features = [\"color\"]")
     label = _load_npy(folder / label_file)
     if label.ndim == 2 and label.shape[1] == 1:
         label = label[:, 0]
     if label.shape != (n,):
-        raise BenchError(f"{folder / label_file}: expected {n} labels, got shape {label.shape}")
+        raise BenchError(f"{folder / label_file}: expected {n} labels, got shape {label.shape}; export the scene "
+                         "again with one label per point")
     if not np.issubdtype(label.dtype, np.integer):
-        raise BenchError(f"{folder / label_file}: labels must be integers, got {label.dtype}")
+        raise BenchError(f"{folder / label_file}: labels must be integers, got {label.dtype}; save them as int16 "
+                         "class ids (-1 = ignore)")
     label = label.astype(np.int64)
     if label_map is not None:
         bad = (label < -1) | (label >= len(label_map))

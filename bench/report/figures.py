@@ -335,6 +335,29 @@ def rolling_position(sc: pd.DataFrame, window: int) -> pd.DataFrame:
     return pd.DataFrame({"index": m.index, "miou": m.rolling(window, center=True, min_periods=1).mean().values})
 
 
+_DASHES = ("-", "--", "-.", ":")
+_HUES = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9")  # tab10 without its grey (C7): controls are grey
+_MARKS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">")
+
+
+def stream_styles(rows: list[str], roles: dict[str, str]) -> dict[str, dict]:
+    """A distinct line style per row (colour, dash, marker): methods take the nine non-grey tab10 colours
+    in turn and a new dash after every nine; baselines are black, controls grey, each with its own dash;
+    every row has its own marker. No two rows (up to 36 methods, 4 controls) share colour and dash."""
+    out, k, grey = {}, 0, {"baseline": 0, "control": 0}
+    for j, r in enumerate(rows):
+        role = roles.get(r, "method")
+        if role in grey:
+            color = "k" if role == "baseline" else "0.5"
+            dash = _DASHES[grey[role] % len(_DASHES)]
+            grey[role] += 1
+        else:
+            color, dash = _HUES[k % len(_HUES)], _DASHES[(k // len(_HUES)) % len(_DASHES)]
+            k += 1
+        out[r] = {"color": color, "ls": dash, "marker": _MARKS[j % len(_MARKS)]}
+    return out
+
+
 @figure("mIoU against stream position", lambda res: not _stream_scenes(res).empty)
 def stream_position(res: Results):
     """Per target stream, each row's per-scene mIoU against its position (rolling mean), so error
@@ -343,17 +366,17 @@ def stream_position(res: Results):
     cols = sorted(set(zip(sc["source"], sc["target"])))
     fig, axes = _panels(cols)
     rows = [r for r in res.order if r in set(sc["row"])]
+    styles = stream_styles(rows, res.roles)
     for ax, (src, tgt) in zip(axes.flat, cols):
         g = sc[(sc["source"] == src) & (sc["target"] == tgt)]
         n = int(g["index"].max()) + 1
         window = max(3, n // 10)
-        for i, r in enumerate(rows):
+        for r in rows:
             gr = g[g["row"] == r]
             if gr.empty:
                 continue
-            color, _ = ROLE_STYLE[res.roles[r]]
             m = rolling_position(gr, window)
-            ax.plot(m["index"], 100 * m["miou"], color=color or f"C{i % 10}", lw=1.2, label=r)
+            ax.plot(m["index"], 100 * m["miou"], lw=1.2, ms=3.5, markevery=max(1, n // 8), label=r, **styles[r])
         if "segment" in g and g["segment"].nunique() > 1:
             one = g[g["cell_id"] == g["cell_id"].iloc[0]].sort_values("index")
             starts = one.loc[one["segment"].ne(one["segment"].shift()), "index"].tolist()

@@ -100,6 +100,22 @@ class PointceptDataset(Dataset):
         scene = Scene(folder.name, self.name, coord, color, label, normal, views, diagnostics)
         return scene.validate(str(folder), NUM_CLASSES)
 
+    def check(self, names: list[str], normals: bool = False) -> list[str]:
+        """Read the point files of each named scene as ``load`` does (shapes, dtypes, NaN, label range,
+        truncated or missing files); one problem line per bad scene."""
+        problems = []
+        for name in names:
+            folder = self.root / name
+            try:
+                _, _, normal, _ = read_points(folder, self.label_file, self.table)
+            except BenchError as e:
+                problems.append(str(e))
+                continue
+            if normals and normal is None:
+                problems.append(f"{folder / 'normal.npy'}: file missing, and the cells' input features include "
+                                "'normal'; export the scene with normals, or set features = [\"color\"] in the grid")
+        return problems
+
     def views(self, folder: Path, coord: np.ndarray, skips: FrameSkips) -> list[View]:
         """The scene's views: its ``views/`` folder if it has one, else the dataset's released images."""
         if (folder / "views").is_dir():

@@ -3,7 +3,11 @@
 Registered at the foot of this module, one entry per domain of ``DOMAINS``. Every entry takes the
 options ``seed``, ``root`` and ``domain`` (parameter overrides, e.g. ``{"sensor.noise" = 0.02}``).
 Cached scenes live in ``<cache>/scenes/<domain>-v<WORLD_VERSION>-s<seed>-<parameter key>/`` in the one
-scene layout, so scenes of other parameters or of an older world are never mixed in.
+scene layout, so scenes of other parameters or of an older world are never mixed in. Every read
+verifies the scene folder's checksum file (``bench.data.scene.verify_checksums``); a scene that fails
+(a file truncated, altered, added or removed, or a folder written before scenes carried checksums) is
+regenerated, with a warning naming the file, under the scene's lock so that concurrent readers
+regenerate it once.
 
 Inline domains (a grid's ``[domains.NAME]`` table: ``base`` plus overrides) are registered by
 ``register_inline_domain``; the name and base are also put into the environment variable
@@ -24,7 +28,7 @@ from typing import Any
 from bench.cache import cache_dir, file_lock
 from bench.data.classes import NUM_CLASSES
 from bench.data.datasets import DATASETS, Dataset
-from bench.data.scene import Scene, read_scene, write_scene
+from bench.data.scene import Scene, read_scene, verify_checksums, write_scene
 from bench.data.synth.domains import DESCRIPTIONS, DOMAINS, WORLD_VERSION, Domain, domain_from_spec, with_overrides
 from bench.data.synth.generate import SPLIT_SIZES, generate_scene
 from bench.errors import BenchError
@@ -62,8 +66,15 @@ class SynthDataset(Dataset):
         return self.root / name
 
     def ensure(self, names: list[str], workers: int = 1) -> None:
-        """Generate the scenes of ``names`` that are not on disk yet (in parallel if workers > 1)."""
-        missing = [n for n in names if not (self.path(n) / "coord.npy").is_file()]
+        """Generate the scenes of ``names`` that are not on disk yet or fail their checksums (in parallel
+        if workers > 1)."""
+        missing = []
+        for n in names:
+            if not self.path(n).exists():
+                missing.append(n)
+            elif (problem := verify_checksums(self.path(n))) is not None:
+                log.warning("%s: %s; regenerating the scene", self.name, problem)
+                missing.append(n)
         if not missing:
             return
         log.info("%s: generating %d scenes into %s", self.name, len(missing), self.root)
@@ -97,7 +108,7 @@ def _generate_one(args) -> None:
     domain, seed, root, name = args
     path = Path(root) / name
     with file_lock(Path(root) / f".{name}.lock"):
-        if (path / "coord.npy").is_file():
+        if verify_checksums(path) is None:  # made (or repaired) by another process meanwhile
             return
         split, _, idx = name.partition("_")
         write_scene(generate_scene(domain, split, int(idx), seed), path)
