@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -142,24 +142,27 @@ def train(only: list[str] | None, replace: bool, workers: int, console) -> int:
             listing = "\n".join(f"  {k}  {describe_model(c)}" for k, c in sorted(cells.items()))
             raise BenchError(f"zoo train --only: no default grid needs a model with key {', '.join(unknown)}; "
                              f"the keys are:\n{listing}")
-        cells = {k: cells[k] for k in only}
+        cells = {k: cells[k] for k in dict.fromkeys(only)}  # trained in the order given
     write = replace or not only
     root = cache_dir() / "zoo-train"
-    jobs = [(c.to_dict(), k, str(root)) for k, c in sorted(cells.items())]
+    jobs = [(c.to_dict(), k, str(root)) for k, c in (cells.items() if only else sorted(cells.items()))]
     console.print(f"training {len(jobs)} model(s) with {workers} worker(s); checkpoints in {root}")
     shipped = zoo.read_manifest()
-    results = []
+    done = 0
     with ProcessPoolExecutor(max(1, workers)) as ex:
-        for res in ex.map(_train_one, jobs):
+        futures = [ex.submit(_train_one, job) for job in jobs]
+        for fut in as_completed(futures):
+            res = fut.result()
             key, entry = res["key"], res["entry"]
             console.print(f"{key}  {entry['model']}: in-domain mIoU {100 * entry['in_domain']['miou']:.1f} "
                           f"(trained in {entry['train_seconds']:.0f} s)", markup=False)
             if key in shipped and not write:
                 _compare(console, key, shipped[key], entry)
-            results.append(res)
+            if write:  # each model is written as it finishes: a stopped batch keeps what it finished
+                _write([res])
+                done += 1
     if write:
-        _write(results)
-        console.print(f"wrote {len(results)} model(s) and {zoo.manifest_path()}")
+        console.print(f"wrote {done} model(s) and {zoo.manifest_path()}")
     return 0
 
 
