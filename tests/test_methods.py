@@ -195,7 +195,7 @@ def test_ttt_kd_with_oracle_teacher_raises_miou_on_shifted_target():
                 "features": ["color", "normal"], "lift_tol": 0.1, "data_options": {}, "recipe": "joint-kd",
                 "train_on": "source", "backbone": {"name": "spunet", "channels": [16, 32, 48]},
                 "teacher": {"name": "oracle", "noise": 0.3}, "source": "synth-s3dis", "target": "synth-scannet",
-                "seed": seed, "train_cfg": {"epochs": 8}}
+                "seed": seed, "model_seed": seed, "train_cfg": {"epochs": 8}}
         per_scene = {}
         for method, params in (("source", {}), ("ttt_kd", {"steps": 10, "lr": 1e-3})):
             cell = {**base, "method": method, "label": method, "params": params}
