@@ -32,6 +32,10 @@ full-resolution decoder stage that feeds the heads.
 
 ``last_output`` holds the logits of the first forward of the last step (before its update), which
 is what the official code returns as its prediction.
+
+Per-scene record (``scene_stats()``, a ``stat_<key>`` column of each scene row): ``reset``, the number
+of model recoveries during the scene's adaptation (0 or 1 with one step per scene), and ``updated``,
+1 if at least one step was taken.
 """
 
 import math
@@ -115,9 +119,15 @@ class SAR(Method):
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
         self.on_reset()
+        self._stats: dict[str, float] = {}
+
+    def scene_stats(self) -> dict[str, float]:
+        """Model recoveries (``reset``) and whether a step was taken (``updated``) on the last scene."""
+        return dict(self._stats)
 
     def adapt(self, inp):
-        steps = 0
+        steps = resets = 0
+        self._stats = {"reset": 0.0, "updated": 0.0}
         self.last_output = None
         for _ in range(self.cfg.steps):
             set_bn_mode(self.model, "test")
@@ -158,4 +168,6 @@ class SAR(Method):
                 ema = self.loss_ema
                 self.reset()
                 self.loss_ema = ema
+                resets += 1
+        self._stats = {"reset": float(resets), "updated": float(steps > 0)}
         return steps

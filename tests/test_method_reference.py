@@ -138,8 +138,9 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- running the registered method
 
-def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0):
-    """Registered method over the stream: per scene (last_output, predict, parameters, buffers)."""
+def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0, stats: list | None = None):
+    """Registered method over the stream: per scene (last_output, predict, parameters, buffers); each
+    scene's ``scene_stats()`` is appended to ``stats`` when given."""
     model = tiny_model()
     entry = METHODS.get(name)
     m = entry.factory(model=model, cfg=make_config(entry, params, "method"))
@@ -154,6 +155,8 @@ def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 
         same = None if m.last_output is None else m.last_output.detach().clone()
         after = m.predict(inp).detach().clone()
         out.append((same, after, snapshot(model)))
+        if stats is not None:
+            stats.append(m.scene_stats())
     return out
 
 
@@ -299,17 +302,39 @@ def ref_eata(e_margin: float, d_margin: float, alpha: float, lr: float, fisher_s
 
 
 def test_eata_matches_reference():
+    """The code that runs: EATA's defaults take the official optimizer (SGD, momentum 0.9), and the
+    registered method is run without naming it."""
+    cfg = METHODS.get("eata").config()
+    assert (cfg.optimizer, cfg.lr) == ("sgd", 2.5e-4)
     e_margin = median_entropy()
     kw = dict(e_margin=e_margin, d_margin=0.97, lr=0.05, fisher_size=300)
     ref, counts = ref_eata(alpha=2000.0, source_scenes=2, **kw)
     # both filters are active: some points fail the entropy filter, some the redundancy filter
     assert all(0 < n2 and n2 <= n1 < N_POINTS for n1, n2 in counts) and any(n2 < n1 for n1, n2 in counts[1:])
     assert moved(ref, "bn")
-    ours = run_method("eata", {**kw, "fisher_alpha": 2000.0, "optimizer": "sgd"}, source_scenes=2)
+    stats: list[dict] = []
+    ours = run_method("eata", {**kw, "fisher_alpha": 2000.0}, source_scenes=2, stats=stats)
     compare(ours, ref)
+    # the filter statistics are the reference's counts
+    assert stats == [{"updated": 1.0, "reliable": n1 / N_POINTS, "kept": n2 / N_POINTS, "redundancy_blocked": 0.0}
+                     for n1, n2 in counts]
     # the Fisher term matters here: without it the adapted weights differ
     ref0, _ = ref_eata(alpha=0.0, source_scenes=2, **kw)
     assert not torch.allclose(ref0[2][2]["backbone.bn1.weight"], ref[2][2]["backbone.bn1.weight"], atol=1e-4)
+
+
+def test_eata_scene_stats_record_scenes_blocked_by_the_redundancy_filter():
+    """d_margin = 0 removes every point once a moving average exists: the first scene updates, the
+    later ones are blocked by the redundancy filter alone (their reliable points exist) and take no step."""
+    e_margin = median_entropy()
+    kw = dict(e_margin=e_margin, d_margin=0.0, lr=0.05, fisher_size=300)
+    ref, counts = ref_eata(alpha=0.0, source_scenes=0, **kw)
+    assert counts[0][1] > 0 and all(n1 > 0 and n2 == 0 for n1, n2 in counts[1:])
+    stats: list[dict] = []
+    compare(run_method("eata", {**kw, "fisher_alpha": 0.0}, stats=stats), ref)
+    assert [s["updated"] for s in stats] == [1.0, 0.0, 0.0]
+    assert [s["redundancy_blocked"] for s in stats] == [0.0, 1.0, 1.0]
+    assert [s["kept"] for s in stats] == [counts[0][1] / N_POINTS, 0.0, 0.0]
 
 
 # ---------------------------------------------------------------- SAR (mr-eggplant/SAR)
@@ -384,7 +409,11 @@ def test_sar_matches_reference():
     thr = (emas[0] + emas[1]) / 2
     ref_r, _, resets_r = ref_sar(margin, reset_constant=thr, lr=0.05)
     assert any(resets_r) and not all(resets_r), resets_r
-    compare(run_method("sar", {"e_margin": margin, "reset_constant": thr, "lr": 0.05}), ref_r)
+    stats: list[dict] = []
+    compare(run_method("sar", {"e_margin": margin, "reset_constant": thr, "lr": 0.05}, stats=stats), ref_r)
+    # each scene's row records its recoveries (scene_stats -> stat_reset)
+    assert [s["reset"] for s in stats] == [float(r) for r in resets_r]
+    assert all(s["updated"] == 1.0 for s in stats)
 
 
 # ---------------------------------------------------------------- CoTTA (qinenergy/cotta)
