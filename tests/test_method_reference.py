@@ -641,6 +641,113 @@ def test_adacontrast_matches_reference():
     compare(ours, ref, check_same=False, buffers=True)
 
 
+# ---------------------------------------------------------------- GIPSO (saltoricristiano/gipso-sfouda)
+
+def ref_geometric(coord: torch.Tensor, k: int) -> torch.Tensor:
+    """The 3D-indoor feature space of the gipso docstring, brute force: covariance of the k nearest points
+    (the point itself included), its eigenvalues' linearity, planarity, scattering, |normal_z|, height."""
+    d = ((coord[:, None, :] - coord[None, :, :]) ** 2).sum(-1)
+    nb = coord[d.topk(k, dim=1, largest=False).indices]
+    c = nb - nb.mean(1, keepdim=True)
+    evals, evecs = torch.linalg.eigh(c.transpose(1, 2) @ c / k)
+    l3, l2, l1 = evals[:, 0].clamp_min(0), evals[:, 1].clamp_min(0), evals[:, 2].clamp_min(0)
+    z = coord[:, 2]
+    return torch.stack([(l1 - l2) / l1, (l2 - l3) / l1, l3 / l1, evecs[:, 2, 0].abs(),
+                        (z - z.min()) / (z.max() - z.min())], 1)
+
+
+def ref_gipso(lr: float, top_p: float, k: int, mc: int, space: str, p: float = 0.5, eps: float = 0.25,
+              wd: float = 1e-5, geo_k: int = 16):
+    model = tiny_model()
+    source = copy.deepcopy(model).eval()  # pseudo-labels from the frozen source model
+    opt = torch.optim.Adam(list(model.backbone.parameters()) + list(model.heads["seg"].parameters()), lr=lr,
+                           weight_decay=wd)
+    out, stats, spread = [], [], []
+    for i in range(3):
+        x, g = scene_batch(i), gen(i)
+        with torch.no_grad():  # MinkUNet18_MCMC: dropout on the backbone output, then the final layer
+            f = source.backbone(x)
+            samples = []
+            for _ in range(mc):
+                keep = torch.rand(f.shape, generator=g) >= p
+                samples.append(F.softmax(source.heads["seg"](f * keep / (1 - p)), dim=-1).view(N_POINTS, 1, -1))
+            out_source = torch.cat(samples, dim=1)
+            uncertainty = out_source.std(dim=1).mean(dim=-1)
+            pseudo = out_source.mean(dim=1).max(dim=-1).indices
+            new_pseudo = -torch.ones(N_POINTS, dtype=torch.long)
+            for c in torch.unique(pseudo):  # get_cbst_th
+                vals, _ = torch.sort(uncertainty[pseudo == c], descending=False)
+                th = vals[int(np.floor((vals.shape[0] - 1) * top_p))]
+                new_pseudo[(pseudo == c) & (uncertainty < th)] = c
+            feats = ref_geometric(x.coord, geo_k) if space == "geometric" else x.coord
+            query = torch.where(new_pseudo != -1)[0]
+            knn_all = []
+            for c in torch.unique(new_pseudo[query]):  # geometric_propagation: k nearest of each seed, per class
+                q = query[new_pseudo[query] == c]
+                d = ((feats[q][:, None, :] - feats[None, :, :]) ** 2).sum(-1)
+                nn_idx = d.topk(k, dim=1, largest=False).indices
+                knn_all += [(j, int(c)) for j in nn_idx.flatten().tolist()]
+            labels = new_pseudo.clone()
+            reached: dict[int, list[int]] = {}
+            for j, c in knn_all:
+                reached.setdefault(j, []).append(c)
+            for j, cs in reached.items():  # a non-seed point reached once takes the label; several times: none
+                if new_pseudo[j] == -1 and len(cs) == 1:
+                    labels[j] = cs[0]
+            spread.append((int((new_pseudo >= 0).sum()), int((labels >= 0).sum()),
+                           sum(len(cs) > 1 and new_pseudo[j] == -1 for j, cs in reached.items())))
+        model.train()  # the whole network, BN with batch statistics; the stored ones move (momentum 0.1)
+        out_seg = model(x)["seg"]
+        # SoftDICELoss(neg_range=True, eps=0.25, powerize=True, use_tmask=True)
+        valid = labels != -1
+        output, target = out_seg[valid], labels[valid]
+        onehot = F.one_hot(target, num_classes=NUM_CLASSES)
+        soft = torch.where(onehot == 1, 1 - eps, eps / (NUM_CLASSES - 1))
+        prob = F.softmax(output, dim=-1)
+        intersection = (prob * soft).sum(dim=0)
+        union = prob.pow(2).sum(dim=0) + soft.sum(dim=0) + 1e-12
+        tmask = (onehot.sum(dim=0) > 0).int()
+        loss = -((tmask * 2 * intersection / union).sum(dim=0) / (tmask.sum(dim=0) + 1e-12)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            after = model(x)["seg"]
+        out.append((out_seg.detach(), after, snapshot(model)))
+        stats.append({"seeds": int((new_pseudo >= 0).sum()) / N_POINTS, "labelled": int(valid.sum()) / N_POINTS,
+                      "updated": 1.0})
+    return out, stats, spread
+
+
+def test_gipso_defaults_are_official():
+    cfg = METHODS.get("gipso").config()
+    assert (cfg.top_p, cfg.k, cfg.mc_samples, cfg.dropout, cfg.dice_eps, cfg.optimizer, cfg.lr, cfg.weight_decay,
+            cfg.episodic, cfg.space) == (0.01, 10, 5, 0.5, 0.25, "adam", 1e-3, 1e-5, False, "geometric")
+
+
+@pytest.mark.parametrize("space", ["geometric", "xyz"])
+def test_gipso_matches_reference(space):
+    kw = dict(top_p=0.1, k=6, mc=3)
+    ref, ref_stats, spread = ref_gipso(lr=1e-2, space=space, **kw)
+    # seeds are few, propagation labels more points, and some points reached by several seeds stay unlabelled
+    assert all(0 < n_seed < n_lab < N_POINTS // 2 and n_multi > 0 for n_seed, n_lab, n_multi in spread), spread
+    assert moved(ref, "backbone") and moved(ref, "heads.seg")
+    stats: list[dict] = []
+    ours = run_method("gipso", {"lr": 1e-2, "top_p": 0.1, "k": 6, "mc_samples": 3, "space": space}, stats=stats)
+    compare(ours, ref, buffers=True)
+    assert stats == ref_stats
+
+
+def test_gipso_without_seeds_takes_no_step():
+    """top_p = 0: every class's threshold is its smallest uncertainty, nothing lies strictly below it."""
+    stats: list[dict] = []
+    out = run_method("gipso", {"lr": 1e-2, "top_p": 0.0}, n_scenes=1, stats=stats)
+    src = snapshot(tiny_model())
+    assert all(torch.equal(out[0][2][k], src[k]) for k in src if "running" not in k)
+    assert stats == [{"seeds": 0.0, "labelled": 0.0, "updated": 0.0}]
+
+
 def test_reference_scenes_differ():
     """The three scenes are different inputs (a stream), so '3 scenes' is not one scene three times."""
     a, b = scene_batch(0), scene_batch(2)
