@@ -82,26 +82,34 @@ def tiny_input(batch: PointBatch) -> torch.Tensor:
 
 
 class TinySeg(nn.Module):
-    """The SegModel interface: ``spec``, ``backbone``, ``heads['seg']``, forward -> {'feat', heads}."""
+    """The SegModel interface: ``spec``, ``backbone``, ``heads['seg']`` (plus ``heads['kd']``, a 2D-feature
+    projector, when ``kd_dim``, and ``heads['mae']``, a reconstruction head, when ``mae``; built after the
+    label head, so they leave its initialisation unchanged), forward -> {'feat', heads}."""
 
-    def __init__(self):
+    def __init__(self, kd_dim: int = 0, mae: bool = False):
         super().__init__()
-        self.spec = ModelSpec(backbone="tiny", features=FEATURES, num_classes=NUM_CLASSES)
+        self.spec = ModelSpec(backbone="tiny", features=FEATURES, num_classes=NUM_CLASSES, kd_dim=kd_dim, mae=mae)
         self.backbone = TinyBackbone(6)
-        self.heads = nn.ModuleDict({"seg": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES))})
+        heads = {"seg": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES))}
+        if kd_dim:
+            heads["kd"] = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, kd_dim))
+        if mae:
+            heads["mae"] = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 6))
+        self.heads = nn.ModuleDict(heads)
 
     def forward(self, batch, heads=("seg",)):
         feat = self.backbone(batch)
         return {"feat": feat, **{h: self.heads[h](feat) for h in heads}}
 
 
-def tiny_model() -> TinySeg:
-    """The same float32-initialised weights on every run, held in float64 (the tests compute in float64)."""
+def tiny_model(**heads) -> TinySeg:
+    """The same float32-initialised weights on every run, held in float64 (the tests compute in float64);
+    ``heads``: TinySeg's ``kd_dim`` / ``mae``."""
     torch.manual_seed(0)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        m = TinySeg()
+        m = TinySeg(**heads)
     finally:
         torch.set_default_dtype(old)
     with torch.no_grad():
@@ -138,17 +146,19 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- running the registered method
 
-def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0, stats: list | None = None):
+def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0, stats: list | None = None,
+               heads: dict | None = None, inputs=None):
     """Registered method over the stream: per scene (last_output, predict, parameters, buffers); each
-    scene's ``scene_stats()`` is appended to ``stats`` when given."""
-    model = tiny_model()
+    scene's ``scene_stats()`` is appended to ``stats`` when given. ``heads``: the tiny model's extra
+    heads; ``inputs``: the scene input of stream position i (default ``scene_input``)."""
+    model = tiny_model(**(heads or {}))
     entry = METHODS.get(name)
     m = entry.factory(model=model, cfg=make_config(entry, params, "method"))
     if source_scenes:
         m.prepare([SceneInput(scene_batch(50 + j), j, gen(50 + j)) for j in range(source_scenes)])
     out = []
     for i in range(n_scenes):
-        inp = scene_input(i)
+        inp = (inputs or scene_input)(i)
         if m.cfg.episodic:
             m.reset()
         m.adapt(inp)
@@ -177,9 +187,9 @@ def compare(ours, ref, check_same: bool = True, buffers: bool = False):
             torch.testing.assert_close(x, y, rtol=TOL, atol=TOL, msg=lambda m, w=what, i=scene: f"scene {i}, {w}: {m}")
 
 
-def moved(ref, keys_like: str = "") -> bool:
+def moved(ref, keys_like: str = "", **heads) -> bool:
     """The reference really adapted: parameters after 3 scenes differ from the source."""
-    src = snapshot(tiny_model())
+    src = snapshot(tiny_model(**heads))
     return any(not torch.allclose(ref[2][2][k], src[k], atol=1e-4) for k in ref[2][2] if keys_like in k)
 
 
@@ -639,6 +649,220 @@ def test_adacontrast_matches_reference():
                                       "warmup_samples": 64})
     assert all(s is None for s, _, _ in ours)
     compare(ours, ref, check_same=False, buffers=True)
+
+
+# ---------------------------------------------------------------- TTT-KD, TTT-KD-O, TTT-MAE, Entropy
+# Written from the TTT-KD paper (Weijler et al., arXiv 2403.11691: "for each test scene, several optimization
+# steps on the knowledge-distillation task fine-tune the parameters of the 3D backbone; during inference all
+# parameters are frozen for the final prediction") and the methods' docstrings (Adam; BN with the stored source
+# statistics unless ``bn = "test"``; cosine loss on the points seen by a view; no step on a scene with none;
+# TTT-KD-O never resets and steps on every stride-th scene; TTT-MAE: block masks of the input features,
+# reconstruction of the masked points' input features; Entropy: every backbone parameter, BN with the scene's
+# statistics, online). The forward is functional (F.batch_norm with the statistics each mode prescribes), so
+# the references never use the project's set_bn_mode nor the module's train/eval switches.
+
+KD_DIM = 5
+
+
+def tiny_forward(m: TinySeg, batch: PointBatch, bn: str, heads=("seg",)) -> dict[str, torch.Tensor]:
+    """'source': normalise with the stored statistics; 'batch': with the scene's (stored ones untouched)."""
+    x = tiny_input(batch)
+    for lin, b in m.backbone.layers():
+        z = lin(x)
+        if bn == "source":
+            z = F.batch_norm(z, b.running_mean, b.running_var, b.weight, b.bias, False, 0.0, b.eps)
+        else:
+            z = F.batch_norm(z, None, None, b.weight, b.bias, True, 0.0, b.eps)
+        x = torch.relu(z)
+    return {h: m.heads[h](x) for h in heads}
+
+
+def kd_input(i: int, seen: float = 0.7) -> SceneInput:
+    """A scene with lifted teacher features (KD_DIM) on the points seen by a view (a share ``seen``)."""
+    inp = scene_input(i)
+    rng = np.random.default_rng(500 + i)
+    inp.teacher_feat = torch.from_numpy(rng.normal(size=(N_POINTS, KD_DIM)))
+    inp.teacher_mask = torch.from_numpy(rng.uniform(size=N_POINTS) < seen)
+    return inp
+
+
+def make_opt(params, optimizer: str, lr: float):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+
+
+def ref_ttt(loss_fn, lr: float, steps: int, episodic: bool, bn: str, optimizer: str = "adam", stride: int = 1,
+            inputs=kd_input, heads: dict | None = None, loss_heads=("kd", "seg")):
+    """The TTT loop shared by TTT-KD(-O), TTT-MAE and Entropy: ``steps`` steps on ``loss_fn(out, inp, step)``
+    of the backbone's parameters only (a fresh optimizer and the source weights before every scene when
+    episodic), on every ``stride``-th scene; the same-forward logits of the last step and a separate final
+    prediction (frozen, same BN mode)."""
+    source = tiny_model(**(heads or {}))
+    model = copy.deepcopy(source)
+    model.requires_grad_(False)
+    params = list(model.backbone.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = make_opt(params, optimizer, lr)
+    out, taken = [], []
+    for i in range(3):
+        inp = inputs(i)
+        if episodic:
+            model.load_state_dict(source.state_dict())
+            opt = make_opt(params, optimizer, lr)
+        same, n = None, 0
+        for step in range(steps if i % stride == 0 else 0):
+            o = tiny_forward(model, inp.batch, bn, loss_heads)
+            loss = loss_fn(o, inp, step)
+            if loss is None:  # nothing to learn from on this scene: no step
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            same, n = o["seg"].detach() if "seg" in o else None, n + 1
+        taken.append(n)
+        with torch.no_grad():
+            after = tiny_forward(model, inp.batch, bn)["seg"]
+        out.append((same, after, snapshot(model)))
+    return out, taken
+
+
+def kd_loss(o, inp, step):
+    """1 - cos(projected 3D features, lifted teacher features), mean over the points seen by a view."""
+    m = inp.teacher_mask
+    if not m.any():
+        return None
+    return (1 - F.cosine_similarity(o["kd"][m], inp.teacher_feat[m], dim=1)).mean()
+
+
+def entropy_loss(o, inp, step):
+    return entropy(o["seg"]).mean()
+
+
+def mae_mask(inp: SceneInput, ratio: float, cell: float) -> torch.Tensor:
+    """Whole grid cells of ``cell`` metres masked with probability ``ratio``: one uniform draw per occupied
+    cell, the cells in lexicographic order of their (x, y, z) index, from the scene's generator."""
+    cells, inv = torch.unique(torch.floor(inp.batch.coord / cell).long(), dim=0, return_inverse=True)
+    return (torch.rand(len(cells), generator=inp.generator) < ratio)[inv]
+
+
+def ref_ttt_mae(lr: float, steps: int, ratio: float = 0.5, cell: float = 0.4, optimizer: str = "adam",
+                bn: str = "source"):
+    """Episodic: per scene from the source weights with a fresh optimizer, ``steps`` steps, each on a new
+    mask: the masked points' input features replaced by zeros, the loss the MSE between the reconstruction
+    head's output and the input features on the masked points; backbone only; then the frozen prediction
+    on the unmasked scene."""
+    source = tiny_model(mae=True)
+    model = copy.deepcopy(source)
+    model.requires_grad_(False)
+    params = list(model.backbone.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    out = []
+    for i in range(3):
+        inp = scene_input(i)
+        model.load_state_dict(source.state_dict())
+        opt = make_opt(params, optimizer, lr)
+        for _ in range(steps):
+            m = mae_mask(inp, ratio, cell)
+            feat = torch.where(m[:, None], torch.zeros_like(inp.batch.feat), inp.batch.feat)
+            rec = tiny_forward(model, PointBatch(inp.batch.coord, feat, inp.batch.batch, 1), bn, ("mae",))["mae"]
+            loss = F.mse_loss(rec[m], inp.batch.feat[m])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            after = tiny_forward(model, inp.batch, bn)["seg"]
+        out.append((None, after, snapshot(model)))
+    return out
+
+
+def assert_ttt_moves_only_the_backbone(ref, **heads):
+    """Backbone weights moved, heads and BN running statistics did not."""
+    src = snapshot(tiny_model(**heads))
+    final = ref[2][2]
+    assert any(not torch.allclose(final[k], src[k], atol=1e-4) for k in final if k.startswith("backbone.")
+               and "running" not in k)
+    assert all(torch.equal(final[k], src[k]) for k in final if k.startswith("heads.") or "running" in k)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_ttt_kd_matches_reference(steps):
+    ref, taken = ref_ttt(kd_loss, lr=1e-2, steps=steps, episodic=True, bn="source", heads={"kd_dim": KD_DIM})
+    assert taken == [steps] * 3
+    assert_ttt_moves_only_the_backbone(ref, kd_dim=KD_DIM)
+    assert METHODS.get("ttt_kd").config().optimizer == "adam"
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": steps}, heads={"kd_dim": KD_DIM}, inputs=kd_input)
+    compare(ours, ref, buffers=True)
+
+
+def test_ttt_kd_bn_test_matches_reference():
+    ref, _ = ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="batch", heads={"kd_dim": KD_DIM})
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": 3, "bn": "test"}, heads={"kd_dim": KD_DIM}, inputs=kd_input)
+    compare(ours, ref, buffers=True)
+
+
+def test_ttt_kd_takes_no_step_without_seen_points():
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": 3}, n_scenes=1, heads={"kd_dim": KD_DIM},
+                      inputs=lambda i: kd_input(i, seen=0.0))
+    src = snapshot(tiny_model(kd_dim=KD_DIM))
+    assert all(torch.equal(ours[0][2][k], src[k]) for k in src) and ours[0][0] is None
+
+
+@pytest.mark.parametrize("steps,stride", [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_ttt_kd_online_matches_reference(steps, stride):
+    ref, taken = ref_ttt(kd_loss, lr=1e-2, steps=steps, episodic=False, bn="source", stride=stride,
+                         heads={"kd_dim": KD_DIM})
+    assert taken == [steps, 0 if stride == 2 else steps, steps]
+    assert_ttt_moves_only_the_backbone(ref, kd_dim=KD_DIM)
+    ours = run_method("ttt_kd_online", {"lr": 1e-2, "steps": steps, "stride": stride}, heads={"kd_dim": KD_DIM},
+                      inputs=kd_input)
+    if stride == 2:  # no step on the second scene: no adapting forward either
+        assert ours[1][0] is None
+    compare(ours, ref, buffers=True)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_ttt_mae_matches_reference(steps):
+    ref = ref_ttt_mae(lr=1e-2, steps=steps)
+    assert_ttt_moves_only_the_backbone(ref, mae=True)
+    ours = run_method("ttt_mae", {"lr": 1e-2, "steps": steps}, heads={"mae": True})
+    assert all(s is None for s, _, _ in ours)
+    compare(ours, ref, check_same=False, buffers=True)
+
+
+@pytest.mark.parametrize("steps,bn", [(1, "test"), (3, "test"), (3, "source")])
+def test_entropy_matches_reference(steps, bn):
+    ref, _ = ref_ttt(entropy_loss, lr=1e-2, steps=steps, episodic=False, bn={"test": "batch"}.get(bn, bn),
+                     inputs=scene_input, loss_heads=("seg",))
+    assert_ttt_moves_only_the_backbone(ref)
+    ours = run_method("entropy", {"lr": 1e-2, "steps": steps, "bn": bn})
+    compare(ours, ref, buffers=True)
+
+
+def _differ(a, b) -> bool:
+    """Two reference runs differ beyond the comparison's tolerance somewhere after 1 or 3 scenes."""
+    return any(not torch.allclose(x[2][k], y[2][k], rtol=100 * TOL, atol=100 * TOL) or
+               not torch.allclose(x[1], y[1], rtol=100 * TOL, atol=100 * TOL)
+               for i in (0, 2) for x, y in [(a[i], b[i])] for k in x[2])
+
+
+def test_ttt_references_tell_the_breaks_apart():
+    """The comparisons above can fail: one step fewer, the other BN mode while adapting, and SGD instead of
+    Adam each change the reference's parameters and predictions by far more than the tolerance."""
+    kd = dict(heads={"kd_dim": KD_DIM})
+    base = ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="source", **kd)[0]
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=2, episodic=True, bn="source", **kd)[0])
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="batch", **kd)[0])
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="source", optimizer="sgd", **kd)[0])
+    mae = ref_ttt_mae(lr=1e-2, steps=3)
+    for other in (ref_ttt_mae(lr=1e-2, steps=2), ref_ttt_mae(lr=1e-2, steps=3, bn="batch"),
+                  ref_ttt_mae(lr=1e-2, steps=3, optimizer="sgd")):
+        assert _differ(mae, other)
+    ent = dict(lr=1e-2, episodic=False, inputs=scene_input, loss_heads=("seg",))
+    base = ref_ttt(entropy_loss, steps=3, bn="batch", **ent)[0]
+    for other in (ref_ttt(entropy_loss, steps=2, bn="batch", **ent)[0], ref_ttt(entropy_loss, steps=3, bn="source",
+                  **ent)[0], ref_ttt(entropy_loss, steps=3, bn="batch", optimizer="sgd", **ent)[0]):
+        assert _differ(base, other)
 
 
 # ---------------------------------------------------------------- GIPSO (saltoricristiano/gipso-sfouda)
