@@ -98,6 +98,17 @@ def norm_layers_in_forward_order(model) -> list[torch.nn.Module]:
     return seen
 
 
+def norm_params_below_top(model, skip_top: float) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+    """The affine parameters of the backbone's norm layers except the last ``skip_top`` share of them in
+    forward order (SAR's and DeYO's ``collect_params``), and the frozen top layers."""
+    layers = norm_layers_in_forward_order(model)
+    n_skip = round(skip_top * len(layers))
+    params = []
+    for m in layers[:len(layers) - n_skip]:
+        params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+    return params, layers[len(layers) - n_skip:]
+
+
 @METHODS.register("sar", config=SARConfig)
 class SAR(Method):
     """sharpness-aware entropy minimisation on reliable points, norm affine params, with recovery"""
@@ -105,12 +116,7 @@ class SAR(Method):
     bn_mode = "test"
 
     def adapt_params(self):
-        layers = norm_layers_in_forward_order(self.model)
-        n_skip = round(self.cfg.skip_top * len(layers))
-        self.frozen_top = layers[len(layers) - n_skip:]
-        params = []
-        for m in layers[:len(layers) - n_skip]:
-            params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+        params, self.frozen_top = norm_params_below_top(self.model, self.cfg.skip_top)
         return params
 
     def on_reset(self):
