@@ -5,8 +5,8 @@ content; no 3D network is involved). It bounds what TTT-KD can take from the tea
 distillation: a class the probe cannot tell apart is not in the teacher's features.
 
 ``prepare`` (once, before the stream) gets ``needs.source_scenes`` = 16 clean source training scenes with
-their point labels and lifted teacher features (the first 16 of the source's training split: the
-training scenes of the grids' source models). Their points seen by a view with a label are the training
+their point labels and lifted teacher features (the first 16 scenes of the source's training split, which
+the source models were trained on too). Their points seen by a view with a label are the training
 set (at most ``max_points`` of them, drawn with the first scene's generator). The features are
 standardised with the training set's mean and standard deviation, and a linear layer (features ->
 classes, initialised from the same generator) is fitted by ``epochs`` full-batch Adam steps at ``lr``
