@@ -218,6 +218,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
             t = time.perf_counter()
             inputs = [_scene_input(cell, load_scene(src, n, fc is not None), j, base_seed + 1_000_003 + j, fc,
                                    src, device) for j, n in enumerate(names)]
+            for inp, n in zip(inputs, names):  # source labels (a probe trains on them); target scenes get none
+                inp.label = torch.from_numpy(load_scene(src, n, fc is not None).label).to(device)
             method.prepare(inputs)
             prepare_s = time.perf_counter() - t
         for index, (k, name) in enumerate(items):

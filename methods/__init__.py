@@ -12,6 +12,7 @@ from methods import (  # noqa: F401
     lame,
     memo,
     mmtta,
+    probe,
     roid,
     rotta,
     sar,

@@ -52,6 +52,7 @@ class SceneInput:
     generator: torch.Generator  # seeded per (cell, scene): masks and augmentations
     teacher_feat: torch.Tensor | None = None  # (N,D) lifted teacher features
     teacher_mask: torch.Tensor | None = None  # (N,) points seen by a view
+    label: torch.Tensor | None = None  # (N,) point labels (-1 = ignore): only on the source scenes for ``prepare``
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Needs:
 
     recipe: str = "source"  # training recipe of the model the method adapts
     teacher: bool = False  # lifted teacher features per scene (SceneInput.teacher_feat / teacher_mask)
-    source_scenes: int = 0  # clean source training scenes handed once to ``prepare`` (e.g. EATA's Fisher)
+    source_scenes: int = 0  # clean, labelled source training scenes handed once to ``prepare`` (e.g. EATA's Fisher)
 
 
 @dataclass
@@ -157,6 +158,13 @@ class Method:
 
     def on_reset(self) -> None:
         """Hook for methods with state of their own (moving averages, teacher copies)."""
+
+    def scene_stats(self) -> dict[str, float]:
+        """Per-scene statistics of the last ``adapt`` call (the current scene), read by the harness after
+        the scene's prediction and recorded as ``stat_<key>`` columns of its scene row: e.g. EATA's share of
+        points its filters kept, SAR's model recoveries. Keys are short names; values plain floats. The
+        default records nothing."""
+        return {}
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -30,11 +30,15 @@ prediction falling to a uniform one) is ``1 - 1/C``; the official value for a BN
 argparse default, is its value for the wild settings with GN/LN models), is scaled by that range:
 ``plpd_threshold = 0.3 (1 - 1/C) / (1 - 1/1000)`` = 0.275 for C = 12.
 
-Defaults: ``patch_len`` 4 (official), margins and PLPD threshold as above, online; adapted
-parameters are the backbone's BN affine parameters (the official code also skips the last ResNet
-stage; spunet has no counterpart named, so all BN layers adapt, as TENT here); optimizer Adam with
-lr 1e-3 as this harness's TENT/EATA (official: SGD, lr 2.5e-4, momentum 0.9 for batches of 64
-ImageNet images), so that DeYO and the entropy baselines differ only in their selection.
+Defaults: ``patch_len`` 4 (official), margins and PLPD threshold as above, online. Adapted parameters:
+the affine parameters of the backbone's norm layers except the top ones, as the official
+``collect_params``, which is SAR's (it skips ``layer4`` of ResNet-50 and ``blocks.9-11`` plus the final
+``norm`` of ViT-Base: the layers next to the classifier); a sparse UNet has no such names, so the rule is
+SAR's positional one here too: the last ``skip_top`` = 25% of the norm layers in forward order stay frozen
+(``methods.sar.norm_params_below_top``; 6 of 24 BN layers on the default SpUNet, the full-resolution
+decoder stage). Optimizer Adam with lr 1e-3 as this harness's TENT (official: SGD, lr 2.5e-4, momentum
+0.9 for batches of 64 ImageNet images), so that DeYO and TENT differ only in the selection, the
+reweighting and the frozen top layers.
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ import torch
 from backbones.batch import PointBatch
 from backbones.losses import entropy
 from bench.data.classes import NUM_CLASSES
-from bench.params import AT_LEAST_0, Check, Range
-from methods.base import Method, MethodConfig, bn_affine_params, set_bn_mode
+from bench.params import AT_LEAST_0, UNIT, Check, Range
+from methods.base import Method, MethodConfig, set_bn_mode
 from methods.registry import METHODS
+from methods.sar import norm_params_below_top
 
 
 @dataclass
@@ -58,7 +63,7 @@ class DeYOConfig(MethodConfig):
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {
         "steps": AT_LEAST_0, "deyo_margin": AT_LEAST_0, "margin_e0": AT_LEAST_0, "plpd_threshold": Range(-1, 1),
-        "patch_len": Range(2),
+        "patch_len": Range(2), "skip_top": UNIT,
     }
     episodic: bool = False
     steps: int = 1
@@ -69,6 +74,7 @@ class DeYOConfig(MethodConfig):
     patch_len: int = 4  # columns per side of the shuffle grid
     reweight_ent: bool = True
     reweight_plpd: bool = True
+    skip_top: float = 0.25  # fraction of the norm layers (last in forward order) left frozen, as SAR
 
 
 def shuffle_columns(batch: PointBatch, patch_len: int, g: torch.Generator) -> PointBatch:
@@ -95,7 +101,8 @@ class DeYO(Method):
     bn_mode = "test"
 
     def adapt_params(self):
-        return bn_affine_params(self.model.backbone)
+        params, self.frozen_top = norm_params_below_top(self.model, self.cfg.skip_top)
+        return params
 
     def adapt(self, inp):
         set_bn_mode(self.model, "test")

@@ -1,10 +1,23 @@
 """``mmtta``: multi-modal test-time adaptation with slow/fast BatchNorm pseudo-labels per modality and the
 more consistent modality selected per point (Shin et al., "MM-TTA: Multi-Modal Test-Time Adaptation for
-3D Semantic Segmentation", CVPR 2022; project page www.nec-labs.com/~mas/MM-TTA; no official code was
-found in the searched corpus, so this follows the paper's description: Intra-PG aggregates two models
-pre-trained on the source and updated at different speeds, Inter-PR picks per point the pseudo-label of
-the more consistent modality; the averaging and the inverse-KL consistency below are our reading of
-its equations, not checked against code).
+3D Semantic Segmentation", CVPR 2022; project page www.nec-labs.com/~mas/MM-TTA).
+
+No official code was found (the project page lists "Code & data (coming soon)"), so this follows the paper,
+and of two readings of it, ours is the one its text and project page state: Intra-PG "updates two
+models (batch norm statistics) in different paces, i.e. slow and fast updating schemes with a momentum"
+(project page), so the slow and fast predictions here share their weights and differ only in the BN
+statistics they normalise with (fast: the scene's; slow: stored statistics that follow the fast ones with
+``momentum``). The third-party implementation in Latte (AronCao49/Latte, ``latte/tta/tools/mmtta.py``, the
+MM-TTA baseline of Cao et al., ECCV 2024) reads it differently: its slow model is a mean teacher whose norm
+layers' affine parameters are an exponential moving average (0.99) of the student's, both models normalise
+with batch statistics, the two predictions are averaged as logits, the consistency is the mean of the
+inverse KL divergences in both directions, the modalities are always mixed by the normalised consistencies
+(soft selection), points whose larger consistency is below 0.3 are left out, and it reports the slow
+model's prediction before the update. We keep the BN-statistics reading because it is the one the authors
+describe, it needs no second copy of the weights, and Latte's parameter EMA is the mean-teacher scheme of
+other methods (CoTTA here), not what the paper names; the other choices below (probabilities averaged, the
+KL(fast || slow), hard selection by default with soft as an option, no consistency threshold, the
+prediction with the fast statistics) are our reading of the paper's equations, not checked against code.
 
 Per scene and step, for each modality m (2D branch: frozen teacher + the ``joint-kd2d`` 2D head on the
 lifted features of the seen points; 3D: the 3D model):

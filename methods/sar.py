@@ -32,6 +32,10 @@ full-resolution decoder stage that feeds the heads.
 
 ``last_output`` holds the logits of the first forward of the last step (before its update), which
 is what the official code returns as its prediction.
+
+Per-scene record (``scene_stats()``, a ``stat_<key>`` column of each scene row): ``reset``, the number
+of model recoveries during the scene's adaptation (0 or 1 with one step per scene), and ``updated``,
+1 if at least one step was taken.
 """
 
 import math
@@ -95,6 +99,17 @@ def norm_layers_in_forward_order(model) -> list[torch.nn.Module]:
     return seen
 
 
+def norm_params_below_top(model, skip_top: float) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+    """The affine parameters of the backbone's norm layers except the last ``skip_top`` share of them in
+    forward order (SAR's and DeYO's ``collect_params``), and the frozen top layers."""
+    layers = norm_layers_in_forward_order(model)
+    n_skip = round(skip_top * len(layers))
+    params = []
+    for m in layers[:len(layers) - n_skip]:
+        params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+    return params, layers[len(layers) - n_skip:]
+
+
 @METHODS.register("sar", config=SARConfig)
 class SAR(Method):
     """sharpness-aware entropy minimisation on reliable points, norm affine params, with recovery"""
@@ -102,12 +117,7 @@ class SAR(Method):
     bn_mode = "test"
 
     def adapt_params(self):
-        layers = norm_layers_in_forward_order(self.model)
-        n_skip = round(self.cfg.skip_top * len(layers))
-        self.frozen_top = layers[len(layers) - n_skip:]
-        params = []
-        for m in layers[:len(layers) - n_skip]:
-            params += [p for p in (getattr(m, "weight", None), getattr(m, "bias", None)) if p is not None]
+        params, self.frozen_top = norm_params_below_top(self.model, self.cfg.skip_top)
         return params
 
     def on_reset(self):
@@ -116,9 +126,15 @@ class SAR(Method):
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
         self.on_reset()
+        self._stats: dict[str, float] = {}
+
+    def scene_stats(self) -> dict[str, float]:
+        """Model recoveries (``reset``) and whether a step was taken (``updated``) on the last scene."""
+        return dict(self._stats)
 
     def adapt(self, inp):
-        steps = 0
+        steps = resets = 0
+        self._stats = {"reset": 0.0, "updated": 0.0}
         self.last_output = None
         for _ in range(self.cfg.steps):
             set_bn_mode(self.model, "test")
@@ -159,4 +175,6 @@ class SAR(Method):
                 ema = self.loss_ema
                 self.reset()
                 self.loss_ema = ema
+                resets += 1
+        self._stats = {"reset": float(resets), "updated": float(steps > 0)}
         return steps

@@ -119,8 +119,12 @@ def _build(name, episodic: bool | None = None):
 
 
 def _prepared(method, needs, scenes):
+    """The clean source scenes, with their point labels, as the harness hands them to ``prepare``."""
     if needs.source_scenes:
-        method.prepare([_input(scenes[0], 50 + i) for i in range(needs.source_scenes)])
+        inputs = [_input(scenes[0], 50 + i) for i in range(needs.source_scenes)]
+        for inp in inputs:
+            inp.label = torch.from_numpy(scenes[0].label)
+        method.prepare(inputs)
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -330,10 +330,23 @@ def test_deyo_matches_reference():
         return PointBatch(coord, b.feat, b.batch, 1)
 
     def init(model):
-        params = [p for m in model.backbone.modules() if isinstance(m, BN) for p in (m.weight, m.bias)]
+        # official collect_params (as SAR's): the norm layers except the top ones; 3D rule: the last 25% of
+        # the BN layers in the order a forward pass first calls them stay frozen
+        order = []
+        hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod) if mod not in order else None)
+                 for m in model.backbone.modules() if isinstance(m, BN)]
+        with torch.no_grad():
+            model.backbone(make_batch([SCENES[0]], FEATURES))
+        for h in hooks:
+            h.remove()
+        assert len(order) == sum(isinstance(m, BN) for m in model.backbone.modules())
+        frozen = round(0.25 * len(order))
+        assert frozen > 0
+        params = [p for m in order[:len(order) - frozen] for p in (m.weight, m.bias)]
         for p in params:
             p.requires_grad_(True)
-        return {"model": model, "opt": torch.optim.Adam(params, lr=lr)}
+        return {"model": model, "opt": torch.optim.Adam(params, lr=lr), "frozen": order[len(order) - frozen:],
+                "frozen_init": [m.weight.detach().clone() for m in order[len(order) - frozen:]]}
 
     def scene(ref, i):
         model, opt = ref["model"], ref["opt"]
@@ -359,9 +372,12 @@ def test_deyo_matches_reference():
         with torch.no_grad():
             return model(b)["seg"]
 
-    _run_pair("deyo", {"lr": lr}, init, scene, sharpen=20.0)
+    method, ref = _run_pair("deyo", {"lr": lr}, init, scene, sharpen=20.0)
     # both filters select: some points pass the entropy filter, and PLPD removes some of those
     assert any(0 < f2 < f1 for n, f1, f2 in kept), kept
+    # the top layers stayed frozen on both sides, the others moved
+    assert all(torch.equal(m.weight, w) for m, w in zip(ref["frozen"], ref["frozen_init"]))
+    assert len(method.frozen_top) == len(ref["frozen"])
 
 
 # ---------------------------------------------------------------- RoTTA

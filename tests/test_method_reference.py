@@ -82,26 +82,34 @@ def tiny_input(batch: PointBatch) -> torch.Tensor:
 
 
 class TinySeg(nn.Module):
-    """The SegModel interface: ``spec``, ``backbone``, ``heads['seg']``, forward -> {'feat', heads}."""
+    """The SegModel interface: ``spec``, ``backbone``, ``heads['seg']`` (plus ``heads['kd']``, a 2D-feature
+    projector, when ``kd_dim``, and ``heads['mae']``, a reconstruction head, when ``mae``; built after the
+    label head, so they leave its initialisation unchanged), forward -> {'feat', heads}."""
 
-    def __init__(self):
+    def __init__(self, kd_dim: int = 0, mae: bool = False):
         super().__init__()
-        self.spec = ModelSpec(backbone="tiny", features=FEATURES, num_classes=NUM_CLASSES)
+        self.spec = ModelSpec(backbone="tiny", features=FEATURES, num_classes=NUM_CLASSES, kd_dim=kd_dim, mae=mae)
         self.backbone = TinyBackbone(6)
-        self.heads = nn.ModuleDict({"seg": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES))})
+        heads = {"seg": nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES))}
+        if kd_dim:
+            heads["kd"] = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, kd_dim))
+        if mae:
+            heads["mae"] = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 6))
+        self.heads = nn.ModuleDict(heads)
 
     def forward(self, batch, heads=("seg",)):
         feat = self.backbone(batch)
         return {"feat": feat, **{h: self.heads[h](feat) for h in heads}}
 
 
-def tiny_model() -> TinySeg:
-    """The same float32-initialised weights on every run, held in float64 (the tests compute in float64)."""
+def tiny_model(**heads) -> TinySeg:
+    """The same float32-initialised weights on every run, held in float64 (the tests compute in float64);
+    ``heads``: TinySeg's ``kd_dim`` / ``mae``."""
     torch.manual_seed(0)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
     try:
-        m = TinySeg()
+        m = TinySeg(**heads)
     finally:
         torch.set_default_dtype(old)
     with torch.no_grad():
@@ -138,22 +146,27 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- running the registered method
 
-def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0):
-    """Registered method over the stream: per scene (last_output, predict, parameters, buffers)."""
-    model = tiny_model()
+def run_method(name: str, params: dict, n_scenes: int = 3, source_scenes: int = 0, stats: list | None = None,
+               heads: dict | None = None, inputs=None):
+    """Registered method over the stream: per scene (last_output, predict, parameters, buffers); each
+    scene's ``scene_stats()`` is appended to ``stats`` when given. ``heads``: the tiny model's extra
+    heads; ``inputs``: the scene input of stream position i (default ``scene_input``)."""
+    model = tiny_model(**(heads or {}))
     entry = METHODS.get(name)
     m = entry.factory(model=model, cfg=make_config(entry, params, "method"))
     if source_scenes:
         m.prepare([SceneInput(scene_batch(50 + j), j, gen(50 + j)) for j in range(source_scenes)])
     out = []
     for i in range(n_scenes):
-        inp = scene_input(i)
+        inp = (inputs or scene_input)(i)
         if m.cfg.episodic:
             m.reset()
         m.adapt(inp)
         same = None if m.last_output is None else m.last_output.detach().clone()
         after = m.predict(inp).detach().clone()
         out.append((same, after, snapshot(model)))
+        if stats is not None:
+            stats.append(m.scene_stats())
     return out
 
 
@@ -174,9 +187,9 @@ def compare(ours, ref, check_same: bool = True, buffers: bool = False):
             torch.testing.assert_close(x, y, rtol=TOL, atol=TOL, msg=lambda m, w=what, i=scene: f"scene {i}, {w}: {m}")
 
 
-def moved(ref, keys_like: str = "") -> bool:
+def moved(ref, keys_like: str = "", **heads) -> bool:
     """The reference really adapted: parameters after 3 scenes differ from the source."""
-    src = snapshot(tiny_model())
+    src = snapshot(tiny_model(**heads))
     return any(not torch.allclose(ref[2][2][k], src[k], atol=1e-4) for k in ref[2][2] if keys_like in k)
 
 
@@ -299,17 +312,39 @@ def ref_eata(e_margin: float, d_margin: float, alpha: float, lr: float, fisher_s
 
 
 def test_eata_matches_reference():
+    """The code that runs: EATA's defaults take the official optimizer (SGD, momentum 0.9), and the
+    registered method is run without naming it."""
+    cfg = METHODS.get("eata").config()
+    assert (cfg.optimizer, cfg.lr) == ("sgd", 2.5e-4)
     e_margin = median_entropy()
     kw = dict(e_margin=e_margin, d_margin=0.97, lr=0.05, fisher_size=300)
     ref, counts = ref_eata(alpha=2000.0, source_scenes=2, **kw)
     # both filters are active: some points fail the entropy filter, some the redundancy filter
     assert all(0 < n2 and n2 <= n1 < N_POINTS for n1, n2 in counts) and any(n2 < n1 for n1, n2 in counts[1:])
     assert moved(ref, "bn")
-    ours = run_method("eata", {**kw, "fisher_alpha": 2000.0, "optimizer": "sgd"}, source_scenes=2)
+    stats: list[dict] = []
+    ours = run_method("eata", {**kw, "fisher_alpha": 2000.0}, source_scenes=2, stats=stats)
     compare(ours, ref)
+    # the filter statistics are the reference's counts
+    assert stats == [{"updated": 1.0, "reliable": n1 / N_POINTS, "kept": n2 / N_POINTS, "redundancy_blocked": 0.0}
+                     for n1, n2 in counts]
     # the Fisher term matters here: without it the adapted weights differ
     ref0, _ = ref_eata(alpha=0.0, source_scenes=2, **kw)
     assert not torch.allclose(ref0[2][2]["backbone.bn1.weight"], ref[2][2]["backbone.bn1.weight"], atol=1e-4)
+
+
+def test_eata_scene_stats_record_scenes_blocked_by_the_redundancy_filter():
+    """d_margin = 0 removes every point once a moving average exists: the first scene updates, the
+    later ones are blocked by the redundancy filter alone (their reliable points exist) and take no step."""
+    e_margin = median_entropy()
+    kw = dict(e_margin=e_margin, d_margin=0.0, lr=0.05, fisher_size=300)
+    ref, counts = ref_eata(alpha=0.0, source_scenes=0, **kw)
+    assert counts[0][1] > 0 and all(n1 > 0 and n2 == 0 for n1, n2 in counts[1:])
+    stats: list[dict] = []
+    compare(run_method("eata", {**kw, "fisher_alpha": 0.0}, stats=stats), ref)
+    assert [s["updated"] for s in stats] == [1.0, 0.0, 0.0]
+    assert [s["redundancy_blocked"] for s in stats] == [0.0, 1.0, 1.0]
+    assert [s["kept"] for s in stats] == [counts[0][1] / N_POINTS, 0.0, 0.0]
 
 
 # ---------------------------------------------------------------- SAR (mr-eggplant/SAR)
@@ -384,7 +419,11 @@ def test_sar_matches_reference():
     thr = (emas[0] + emas[1]) / 2
     ref_r, _, resets_r = ref_sar(margin, reset_constant=thr, lr=0.05)
     assert any(resets_r) and not all(resets_r), resets_r
-    compare(run_method("sar", {"e_margin": margin, "reset_constant": thr, "lr": 0.05}), ref_r)
+    stats: list[dict] = []
+    compare(run_method("sar", {"e_margin": margin, "reset_constant": thr, "lr": 0.05}, stats=stats), ref_r)
+    # each scene's row records its recoveries (scene_stats -> stat_reset)
+    assert [s["reset"] for s in stats] == [float(r) for r in resets_r]
+    assert all(s["updated"] == 1.0 for s in stats)
 
 
 # ---------------------------------------------------------------- CoTTA (qinenergy/cotta)
@@ -610,6 +649,327 @@ def test_adacontrast_matches_reference():
                                       "warmup_samples": 64})
     assert all(s is None for s, _, _ in ours)
     compare(ours, ref, check_same=False, buffers=True)
+
+
+# ---------------------------------------------------------------- TTT-KD, TTT-KD-O, TTT-MAE, Entropy
+# Written from the TTT-KD paper (Weijler et al., arXiv 2403.11691: "for each test scene, several optimization
+# steps on the knowledge-distillation task fine-tune the parameters of the 3D backbone; during inference all
+# parameters are frozen for the final prediction") and the methods' docstrings (Adam; BN with the stored source
+# statistics unless ``bn = "test"``; cosine loss on the points seen by a view; no step on a scene with none;
+# TTT-KD-O never resets and steps on every stride-th scene; TTT-MAE: block masks of the input features,
+# reconstruction of the masked points' input features; Entropy: every backbone parameter, BN with the scene's
+# statistics, online). The forward is functional (F.batch_norm with the statistics each mode prescribes), so
+# the references never use the project's set_bn_mode nor the module's train/eval switches.
+
+KD_DIM = 5
+
+
+def tiny_forward(m: TinySeg, batch: PointBatch, bn: str, heads=("seg",)) -> dict[str, torch.Tensor]:
+    """'source': normalise with the stored statistics; 'batch': with the scene's (stored ones untouched)."""
+    x = tiny_input(batch)
+    for lin, b in m.backbone.layers():
+        z = lin(x)
+        if bn == "source":
+            z = F.batch_norm(z, b.running_mean, b.running_var, b.weight, b.bias, False, 0.0, b.eps)
+        else:
+            z = F.batch_norm(z, None, None, b.weight, b.bias, True, 0.0, b.eps)
+        x = torch.relu(z)
+    return {h: m.heads[h](x) for h in heads}
+
+
+def kd_input(i: int, seen: float = 0.7) -> SceneInput:
+    """A scene with lifted teacher features (KD_DIM) on the points seen by a view (a share ``seen``)."""
+    inp = scene_input(i)
+    rng = np.random.default_rng(500 + i)
+    inp.teacher_feat = torch.from_numpy(rng.normal(size=(N_POINTS, KD_DIM)))
+    inp.teacher_mask = torch.from_numpy(rng.uniform(size=N_POINTS) < seen)
+    return inp
+
+
+def make_opt(params, optimizer: str, lr: float):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+
+
+def ref_ttt(loss_fn, lr: float, steps: int, episodic: bool, bn: str, optimizer: str = "adam", stride: int = 1,
+            inputs=kd_input, heads: dict | None = None, loss_heads=("kd", "seg")):
+    """The TTT loop shared by TTT-KD(-O), TTT-MAE and Entropy: ``steps`` steps on ``loss_fn(out, inp, step)``
+    of the backbone's parameters only (a fresh optimizer and the source weights before every scene when
+    episodic), on every ``stride``-th scene; the same-forward logits of the last step and a separate final
+    prediction (frozen, same BN mode)."""
+    source = tiny_model(**(heads or {}))
+    model = copy.deepcopy(source)
+    model.requires_grad_(False)
+    params = list(model.backbone.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = make_opt(params, optimizer, lr)
+    out, taken = [], []
+    for i in range(3):
+        inp = inputs(i)
+        if episodic:
+            model.load_state_dict(source.state_dict())
+            opt = make_opt(params, optimizer, lr)
+        same, n = None, 0
+        for step in range(steps if i % stride == 0 else 0):
+            o = tiny_forward(model, inp.batch, bn, loss_heads)
+            loss = loss_fn(o, inp, step)
+            if loss is None:  # nothing to learn from on this scene: no step
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            same, n = o["seg"].detach() if "seg" in o else None, n + 1
+        taken.append(n)
+        with torch.no_grad():
+            after = tiny_forward(model, inp.batch, bn)["seg"]
+        out.append((same, after, snapshot(model)))
+    return out, taken
+
+
+def kd_loss(o, inp, step):
+    """1 - cos(projected 3D features, lifted teacher features), mean over the points seen by a view."""
+    m = inp.teacher_mask
+    if not m.any():
+        return None
+    return (1 - F.cosine_similarity(o["kd"][m], inp.teacher_feat[m], dim=1)).mean()
+
+
+def entropy_loss(o, inp, step):
+    return entropy(o["seg"]).mean()
+
+
+def mae_mask(inp: SceneInput, ratio: float, cell: float) -> torch.Tensor:
+    """Whole grid cells of ``cell`` metres masked with probability ``ratio``: one uniform draw per occupied
+    cell, the cells in lexicographic order of their (x, y, z) index, from the scene's generator."""
+    cells, inv = torch.unique(torch.floor(inp.batch.coord / cell).long(), dim=0, return_inverse=True)
+    return (torch.rand(len(cells), generator=inp.generator) < ratio)[inv]
+
+
+def ref_ttt_mae(lr: float, steps: int, ratio: float = 0.5, cell: float = 0.4, optimizer: str = "adam",
+                bn: str = "source"):
+    """Episodic: per scene from the source weights with a fresh optimizer, ``steps`` steps, each on a new
+    mask: the masked points' input features replaced by zeros, the loss the MSE between the reconstruction
+    head's output and the input features on the masked points; backbone only; then the frozen prediction
+    on the unmasked scene."""
+    source = tiny_model(mae=True)
+    model = copy.deepcopy(source)
+    model.requires_grad_(False)
+    params = list(model.backbone.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    out = []
+    for i in range(3):
+        inp = scene_input(i)
+        model.load_state_dict(source.state_dict())
+        opt = make_opt(params, optimizer, lr)
+        for _ in range(steps):
+            m = mae_mask(inp, ratio, cell)
+            feat = torch.where(m[:, None], torch.zeros_like(inp.batch.feat), inp.batch.feat)
+            rec = tiny_forward(model, PointBatch(inp.batch.coord, feat, inp.batch.batch, 1), bn, ("mae",))["mae"]
+            loss = F.mse_loss(rec[m], inp.batch.feat[m])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            after = tiny_forward(model, inp.batch, bn)["seg"]
+        out.append((None, after, snapshot(model)))
+    return out
+
+
+def assert_ttt_moves_only_the_backbone(ref, **heads):
+    """Backbone weights moved, heads and BN running statistics did not."""
+    src = snapshot(tiny_model(**heads))
+    final = ref[2][2]
+    assert any(not torch.allclose(final[k], src[k], atol=1e-4) for k in final if k.startswith("backbone.")
+               and "running" not in k)
+    assert all(torch.equal(final[k], src[k]) for k in final if k.startswith("heads.") or "running" in k)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_ttt_kd_matches_reference(steps):
+    ref, taken = ref_ttt(kd_loss, lr=1e-2, steps=steps, episodic=True, bn="source", heads={"kd_dim": KD_DIM})
+    assert taken == [steps] * 3
+    assert_ttt_moves_only_the_backbone(ref, kd_dim=KD_DIM)
+    assert METHODS.get("ttt_kd").config().optimizer == "adam"
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": steps}, heads={"kd_dim": KD_DIM}, inputs=kd_input)
+    compare(ours, ref, buffers=True)
+
+
+def test_ttt_kd_bn_test_matches_reference():
+    ref, _ = ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="batch", heads={"kd_dim": KD_DIM})
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": 3, "bn": "test"}, heads={"kd_dim": KD_DIM}, inputs=kd_input)
+    compare(ours, ref, buffers=True)
+
+
+def test_ttt_kd_takes_no_step_without_seen_points():
+    ours = run_method("ttt_kd", {"lr": 1e-2, "steps": 3}, n_scenes=1, heads={"kd_dim": KD_DIM},
+                      inputs=lambda i: kd_input(i, seen=0.0))
+    src = snapshot(tiny_model(kd_dim=KD_DIM))
+    assert all(torch.equal(ours[0][2][k], src[k]) for k in src) and ours[0][0] is None
+
+
+@pytest.mark.parametrize("steps,stride", [(1, 1), (3, 1), (1, 2), (3, 2)])
+def test_ttt_kd_online_matches_reference(steps, stride):
+    ref, taken = ref_ttt(kd_loss, lr=1e-2, steps=steps, episodic=False, bn="source", stride=stride,
+                         heads={"kd_dim": KD_DIM})
+    assert taken == [steps, 0 if stride == 2 else steps, steps]
+    assert_ttt_moves_only_the_backbone(ref, kd_dim=KD_DIM)
+    ours = run_method("ttt_kd_online", {"lr": 1e-2, "steps": steps, "stride": stride}, heads={"kd_dim": KD_DIM},
+                      inputs=kd_input)
+    if stride == 2:  # no step on the second scene: no adapting forward either
+        assert ours[1][0] is None
+    compare(ours, ref, buffers=True)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_ttt_mae_matches_reference(steps):
+    ref = ref_ttt_mae(lr=1e-2, steps=steps)
+    assert_ttt_moves_only_the_backbone(ref, mae=True)
+    ours = run_method("ttt_mae", {"lr": 1e-2, "steps": steps}, heads={"mae": True})
+    assert all(s is None for s, _, _ in ours)
+    compare(ours, ref, check_same=False, buffers=True)
+
+
+@pytest.mark.parametrize("steps,bn", [(1, "test"), (3, "test"), (3, "source")])
+def test_entropy_matches_reference(steps, bn):
+    ref, _ = ref_ttt(entropy_loss, lr=1e-2, steps=steps, episodic=False, bn={"test": "batch"}.get(bn, bn),
+                     inputs=scene_input, loss_heads=("seg",))
+    assert_ttt_moves_only_the_backbone(ref)
+    ours = run_method("entropy", {"lr": 1e-2, "steps": steps, "bn": bn})
+    compare(ours, ref, buffers=True)
+
+
+def _differ(a, b) -> bool:
+    """Two reference runs differ beyond the comparison's tolerance somewhere after 1 or 3 scenes."""
+    return any(not torch.allclose(x[2][k], y[2][k], rtol=100 * TOL, atol=100 * TOL) or
+               not torch.allclose(x[1], y[1], rtol=100 * TOL, atol=100 * TOL)
+               for i in (0, 2) for x, y in [(a[i], b[i])] for k in x[2])
+
+
+def test_ttt_references_tell_the_breaks_apart():
+    """The comparisons above can fail: one step fewer, the other BN mode while adapting, and SGD instead of
+    Adam each change the reference's parameters and predictions by far more than the tolerance."""
+    kd = dict(heads={"kd_dim": KD_DIM})
+    base = ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="source", **kd)[0]
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=2, episodic=True, bn="source", **kd)[0])
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="batch", **kd)[0])
+    assert _differ(base, ref_ttt(kd_loss, lr=1e-2, steps=3, episodic=True, bn="source", optimizer="sgd", **kd)[0])
+    mae = ref_ttt_mae(lr=1e-2, steps=3)
+    for other in (ref_ttt_mae(lr=1e-2, steps=2), ref_ttt_mae(lr=1e-2, steps=3, bn="batch"),
+                  ref_ttt_mae(lr=1e-2, steps=3, optimizer="sgd")):
+        assert _differ(mae, other)
+    ent = dict(lr=1e-2, episodic=False, inputs=scene_input, loss_heads=("seg",))
+    base = ref_ttt(entropy_loss, steps=3, bn="batch", **ent)[0]
+    for other in (ref_ttt(entropy_loss, steps=2, bn="batch", **ent)[0], ref_ttt(entropy_loss, steps=3, bn="source",
+                  **ent)[0], ref_ttt(entropy_loss, steps=3, bn="batch", optimizer="sgd", **ent)[0]):
+        assert _differ(base, other)
+
+
+# ---------------------------------------------------------------- GIPSO (saltoricristiano/gipso-sfouda)
+
+def ref_geometric(coord: torch.Tensor, k: int) -> torch.Tensor:
+    """The 3D-indoor feature space of the gipso docstring, brute force: covariance of the k nearest points
+    (the point itself included), its eigenvalues' linearity, planarity, scattering, |normal_z|, height."""
+    d = ((coord[:, None, :] - coord[None, :, :]) ** 2).sum(-1)
+    nb = coord[d.topk(k, dim=1, largest=False).indices]
+    c = nb - nb.mean(1, keepdim=True)
+    evals, evecs = torch.linalg.eigh(c.transpose(1, 2) @ c / k)
+    l3, l2, l1 = evals[:, 0].clamp_min(0), evals[:, 1].clamp_min(0), evals[:, 2].clamp_min(0)
+    z = coord[:, 2]
+    return torch.stack([(l1 - l2) / l1, (l2 - l3) / l1, l3 / l1, evecs[:, 2, 0].abs(),
+                        (z - z.min()) / (z.max() - z.min())], 1)
+
+
+def ref_gipso(lr: float, top_p: float, k: int, mc: int, space: str, p: float = 0.5, eps: float = 0.25,
+              wd: float = 1e-5, geo_k: int = 16):
+    model = tiny_model()
+    source = copy.deepcopy(model).eval()  # pseudo-labels from the frozen source model
+    opt = torch.optim.Adam(list(model.backbone.parameters()) + list(model.heads["seg"].parameters()), lr=lr,
+                           weight_decay=wd)
+    out, stats, spread = [], [], []
+    for i in range(3):
+        x, g = scene_batch(i), gen(i)
+        with torch.no_grad():  # MinkUNet18_MCMC: dropout on the backbone output, then the final layer
+            f = source.backbone(x)
+            samples = []
+            for _ in range(mc):
+                keep = torch.rand(f.shape, generator=g) >= p
+                samples.append(F.softmax(source.heads["seg"](f * keep / (1 - p)), dim=-1).view(N_POINTS, 1, -1))
+            out_source = torch.cat(samples, dim=1)
+            uncertainty = out_source.std(dim=1).mean(dim=-1)
+            pseudo = out_source.mean(dim=1).max(dim=-1).indices
+            new_pseudo = -torch.ones(N_POINTS, dtype=torch.long)
+            for c in torch.unique(pseudo):  # get_cbst_th
+                vals, _ = torch.sort(uncertainty[pseudo == c], descending=False)
+                th = vals[int(np.floor((vals.shape[0] - 1) * top_p))]
+                new_pseudo[(pseudo == c) & (uncertainty < th)] = c
+            feats = ref_geometric(x.coord, geo_k) if space == "geometric" else x.coord
+            query = torch.where(new_pseudo != -1)[0]
+            knn_all = []
+            for c in torch.unique(new_pseudo[query]):  # geometric_propagation: k nearest of each seed, per class
+                q = query[new_pseudo[query] == c]
+                d = ((feats[q][:, None, :] - feats[None, :, :]) ** 2).sum(-1)
+                nn_idx = d.topk(k, dim=1, largest=False).indices
+                knn_all += [(j, int(c)) for j in nn_idx.flatten().tolist()]
+            labels = new_pseudo.clone()
+            reached: dict[int, list[int]] = {}
+            for j, c in knn_all:
+                reached.setdefault(j, []).append(c)
+            for j, cs in reached.items():  # a non-seed point reached once takes the label; several times: none
+                if new_pseudo[j] == -1 and len(cs) == 1:
+                    labels[j] = cs[0]
+            spread.append((int((new_pseudo >= 0).sum()), int((labels >= 0).sum()),
+                           sum(len(cs) > 1 and new_pseudo[j] == -1 for j, cs in reached.items())))
+        model.train()  # the whole network, BN with batch statistics; the stored ones move (momentum 0.1)
+        out_seg = model(x)["seg"]
+        # SoftDICELoss(neg_range=True, eps=0.25, powerize=True, use_tmask=True)
+        valid = labels != -1
+        output, target = out_seg[valid], labels[valid]
+        onehot = F.one_hot(target, num_classes=NUM_CLASSES)
+        soft = torch.where(onehot == 1, 1 - eps, eps / (NUM_CLASSES - 1))
+        prob = F.softmax(output, dim=-1)
+        intersection = (prob * soft).sum(dim=0)
+        union = prob.pow(2).sum(dim=0) + soft.sum(dim=0) + 1e-12
+        tmask = (onehot.sum(dim=0) > 0).int()
+        loss = -((tmask * 2 * intersection / union).sum(dim=0) / (tmask.sum(dim=0) + 1e-12)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+        with torch.no_grad():
+            after = model(x)["seg"]
+        out.append((out_seg.detach(), after, snapshot(model)))
+        stats.append({"seeds": int((new_pseudo >= 0).sum()) / N_POINTS, "labelled": int(valid.sum()) / N_POINTS,
+                      "updated": 1.0})
+    return out, stats, spread
+
+
+def test_gipso_defaults_are_official():
+    cfg = METHODS.get("gipso").config()
+    assert (cfg.top_p, cfg.k, cfg.mc_samples, cfg.dropout, cfg.dice_eps, cfg.optimizer, cfg.lr, cfg.weight_decay,
+            cfg.episodic, cfg.space) == (0.01, 10, 5, 0.5, 0.25, "adam", 1e-3, 1e-5, False, "geometric")
+
+
+@pytest.mark.parametrize("space", ["geometric", "xyz"])
+def test_gipso_matches_reference(space):
+    kw = dict(top_p=0.1, k=6, mc=3)
+    ref, ref_stats, spread = ref_gipso(lr=1e-2, space=space, **kw)
+    # seeds are few, propagation labels more points, and some points reached by several seeds stay unlabelled
+    assert all(0 < n_seed < n_lab < N_POINTS // 2 and n_multi > 0 for n_seed, n_lab, n_multi in spread), spread
+    assert moved(ref, "backbone") and moved(ref, "heads.seg")
+    stats: list[dict] = []
+    ours = run_method("gipso", {"lr": 1e-2, "top_p": 0.1, "k": 6, "mc_samples": 3, "space": space}, stats=stats)
+    compare(ours, ref, buffers=True)
+    assert stats == ref_stats
+
+
+def test_gipso_without_seeds_takes_no_step():
+    """top_p = 0: every class's threshold is its smallest uncertainty, nothing lies strictly below it."""
+    stats: list[dict] = []
+    out = run_method("gipso", {"lr": 1e-2, "top_p": 0.0}, n_scenes=1, stats=stats)
+    src = snapshot(tiny_model())
+    assert all(torch.equal(out[0][2][k], src[k]) for k in src if "running" not in k)
+    assert stats == [{"seeds": 0.0, "labelled": 0.0, "updated": 0.0}]
 
 
 def test_reference_scenes_differ():

@@ -1,5 +1,6 @@
-"""Multi-modal rows: the ``joint-kd2d`` recipe's 2D head, ``xmuda`` / ``mmtta`` / ``gipso`` against plain-torch
-re-implementations, and the 2D / 3D / fused mIoU columns of a tiny real run.
+"""Multi-modal rows: the ``joint-kd2d`` recipe's 2D head, ``xmuda`` / ``mmtta`` against plain-torch
+re-implementations, and the 2D / 3D / fused mIoU columns of a tiny real run (``gipso``'s reference test is
+in tests/test_method_reference.py).
 
 Reference tests (as tests/test_method_reference.py): each method runs through the registry on a tiny
 BN model with a 2D head (``TinyMM``: the ``SegModel`` interface the methods use: ``backbone``,
@@ -20,7 +21,6 @@ Adam step at lr 1e-2.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pandas as pd
@@ -198,48 +198,6 @@ def ref_mmtta(m: TinyMM, scenes, lr: float, momentum: float, select: str):
     return outs
 
 
-def ref_gipso(m: TinyMM, scenes, lr: float, ratio: float, k: int, radius: float):
-    params = bn_affine(m.backbone)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=lr)
-    outs = []
-    for inp in scenes:
-        logits = f3d(m, inp.batch, "fast")
-        prob = logits.detach().softmax(1)
-        h = -(prob * prob.log()).sum(1) / math.log(C)
-        pred = prob.argmax(1)
-        target = torch.full((N_POINTS,), -1, dtype=torch.long)
-        seed = torch.zeros(N_POINTS, dtype=torch.bool)
-        for c in range(C):
-            idx = torch.nonzero(pred == c).flatten()
-            if len(idx):
-                keep = idx[torch.argsort(h[idx])[:math.ceil(ratio * len(idx))]]
-                seed[keep] = True
-        target[seed] = pred[seed]
-        # brute force: every (seed, point) distance; each non-seed point takes its nearest seed among the
-        # seeds that have it among their k nearest other points, within the radius
-        x = inp.batch.coord
-        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1).sqrt()
-        d.fill_diagonal_(float("inf"))
-        best = torch.full((N_POINTS,), float("inf"))
-        for s in torch.nonzero(seed).flatten().tolist():
-            nn_idx = torch.argsort(d[s])[:k]
-            for j in nn_idx.tolist():
-                if not seed[j] and d[s, j] <= radius and d[s, j] < best[j]:
-                    best[j] = d[s, j]
-                    target[j] = pred[s]
-        loss = F.cross_entropy(logits, target, ignore_index=-1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            outs.append((logits.detach(), f3d(m, inp.batch, "fast"), None))
-    return outs
-
-
 # ---------------------------------------------------------------------------- the comparison
 CASES = {
     "xmuda": ({"lr": 1e-2}, lambda m, s: ref_xmuda(m, s, 1e-2, 0.0)),
@@ -247,7 +205,6 @@ CASES = {
     "xmuda_plsharp": ({"lr": 1e-2, "pl_weight": 0.5}, lambda m, s: ref_xmuda(m, s, 1e-2, 0.5)),
     "mmtta": ({"lr": 1e-2}, lambda m, s: ref_mmtta(m, s, 1e-2, 0.1, "hard")),
     "mmtta_soft": ({"lr": 1e-2, "select": "soft", "momentum": 0.3}, lambda m, s: ref_mmtta(m, s, 1e-2, 0.3, "soft")),
-    "gipso": ({"lr": 1e-2, "radius": 0.15}, lambda m, s: ref_gipso(m, s, 1e-2, 0.1, 8, 0.15)),
 }
 
 
@@ -330,7 +287,7 @@ def test_xmuda_without_seen_points_takes_no_step():
 def test_bad_choice_is_a_bench_error():
     from bench.errors import BenchError
 
-    for name, params in (("mmtta", {"select": "mean"}), ("gipso", {"params": "heads"})):
+    for name, params in (("mmtta", {"select": "mean"}), ("gipso", {"space": "graph"})):
         entry = METHODS.get(name)
         with pytest.raises(BenchError, match=name):
             entry.factory(cfg=make_config(entry, params, "method"), model=tiny_model())
