@@ -101,7 +101,7 @@ def run_grid(grid: Grid, out: Path, only: list[str] | None = None, executor: str
             # executor's generator) must still stop the workers now, not when the generator is collected
             with closing(ex.run(schedule(todo))) as results:
                 for cell, (row, scenes) in results:
-                    row["config"] = json.dumps(cell.identity, sort_keys=True, default=str)
+                    row["config"] = json.dumps(recorded_config(cell), sort_keys=True, default=str)
                     for alias_row, alias_scenes in alias_rows(cell, row, scenes):  # first: a crash leaves no
                         store.append(alias_row, alias_scenes)  # finished cell without its aliases' rows
                     store.append(row, scenes)
@@ -207,6 +207,12 @@ def _settings(plain: dict) -> dict[str, str]:
     return {k: json.dumps(plain[k], sort_keys=True, default=str) for k in SETTINGS if k in plain}
 
 
+def recorded_config(cell: Cell) -> dict:
+    """What a row records of its cell's configuration: the identity (typed configs) plus the grid-wide
+    settings in their plain form (``SETTINGS``), by which a folder's rows are checked against a new run."""
+    return {**cell.identity, **{k: cell.plain[k] for k in SETTINGS if k in cell.plain}}
+
+
 def held_settings(df) -> dict[str, set[str]]:
     """Setting -> the values (JSON text) the rows of ``df`` (a cells table) were run with."""
     out: dict[str, set[str]] = {}
@@ -233,7 +239,7 @@ def check_settings(store: ResultsStore, cells: list[Cell], beside: bool) -> Path
     there = held_settings(held)
     here: dict[str, set[str]] = {}
     for c in cells:
-        for k, v in _settings(c.identity).items():
+        for k, v in _settings(c.plain).items():
             here.setdefault(k, set()).add(v)
     differ = {k: (there[k], here[k]) for k in SETTINGS if k in there and k in here and here[k] - there[k]}
     if not differ:

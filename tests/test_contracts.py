@@ -177,6 +177,9 @@ def test_method_online_flag_is_honoured(scenes, name):
     method.reset()
     method.adapt(_input(scenes[1], 1))
     fresh = _state(model)
+    # a method may keep state outside the model (RoTTA's memory bank) and move the model only once it
+    # has seen enough: then the model is still the source after A but moves on B when A's state carried
+    moved = moved or any(not torch.equal(source[k], carried[k]) for k in carried)
     if moved:
         assert any(not torch.equal(carried[k], fresh[k]) for k in carried), f"{name} did not carry its state"
     else:

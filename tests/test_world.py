@@ -35,7 +35,8 @@ def test_every_room_type_builds_with_its_furniture():
         assert room.kind == kind
         assert TYPES[kind].x[0] * 0.9 <= max(room.lx, room.ly) or kind == "hallway"
         placed = Counter(c for c, _ in room.styles)
-        assert sum(placed.values()) >= 1, kind
+        openings = sum(len(v) for v in room.openings.values())  # doors and windows are wall openings (v5)
+        assert sum(placed.values()) + openings >= 1, kind
     hall = build_room(with_overrides(dom, {"rooms": {"hallway": 1.0}}), np.random.default_rng(1))
     assert max(hall.lx, hall.ly) / min(hall.lx, hall.ly) > 1.8  # corridors are long and narrow
 
