@@ -84,3 +84,33 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path):
     with pytest.raises(BenchError, match="manifest.json.*git checkout"):
         zoo.read_manifest(tmp_path)
     zoo.clear_cache()
+
+
+# the grids whose every model must be shipped: the main grid and the CI smoke grid (bench zoo list names
+# the models of the other default grids that are not shipped yet; they train on first use)
+MUST_SHIP = ("id_ood", "smoke")
+
+
+@pytest.mark.parametrize("grid", MUST_SHIP)
+def test_every_model_of_the_main_grids_is_shipped(grid):
+    from bench.zoo import describe_model, zoo_cells
+
+    shipped = zoo.read_manifest()
+    missing = [f"{k} {describe_model(c)}" for k, c in zoo_cells([grid]).items() if k not in shipped]
+    assert not missing, f"{grid} needs models the zoo does not ship (python -m bench zoo train --only KEY --replace):\n" \
+                        + "\n".join(missing)
+
+
+def test_a_cell_with_a_shipped_key_uses_the_zoo_and_trains_nothing(tmp_path, monkeypatch):
+    """The smoke grid's Source-Only cell loads the shipped model (checkpoint_cache = zoo) with an empty
+    checkpoint cache, and its weights are the shipped ones."""
+    from bench.grid import load_grid
+    from bench.models import get_model
+
+    monkeypatch.setenv("TTT_BENCH_CACHE", str(tmp_path))
+    cell = next(c for c in load_grid("smoke").cells if c.method == "source")
+    entry = zoo.read_manifest()[cell.model_key()]
+    model, info = get_model(cell, use_zoo=True, root=tmp_path / "checkpoints")
+    assert info["cache"] == "zoo" and not (tmp_path / "checkpoints").exists()
+    state = zoo.load_state(entry, cell.model_key())
+    assert all(torch.equal(model.state_dict()[k].cpu(), v) for k, v in state.items())
