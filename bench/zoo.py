@@ -4,7 +4,8 @@ Which models the zoo holds is decided by the shipped grids, not by a list: ``zoo
 grid in ``bench/grids`` whose datasets are all synthetic and keeps one cell per distinct model key of the
 shipped model seed (``model_seeds`` default), so the default grids find every model they need. ``zoo train``
 trains each of them with the checkpoint cache's own training path (``bench.models.get_model`` with the zoo
-switched off, into a folder of its own under the cache, so an interrupted ``zoo train`` resumes), packs it
+switched off, into a folder of its own under the cache, so a rerun of an interrupted ``zoo train`` reuses
+every model it finished; a model cut off mid-training starts over), packs it
 (``backbones.zoo.pack``), measures the packed model's per-class IoU on ``EVAL_SCENES`` test scenes of every
 synthetic test domain (its own domain: the in-distribution table; the others: the transfer matrix) and
 writes the file and its manifest entry. ``--only KEY`` trains one model; without ``--replace`` it is not

@@ -1,6 +1,6 @@
 """Expectations for CI's smoke regression, derived from the measured seed spread.
 
-Run ``python -m tests.smoke_expectations`` after an intended change of results: it runs the smoke grid
+Run ``python -m tests.smoke_expectations [RUN_FOLDER]`` after an intended change of results: it runs the smoke grid
 with ``SEEDS`` as its model seeds (``model_seeds``: source models trained with other seeds, and with the
 cell ids the adaptation's random draws; the grid itself runs model seed 0 only, and always seed 0, so
 the same test scenes), and writes ``tests/smoke_expected.json`` with, per row label and pair, the mean
@@ -71,10 +71,11 @@ def main() -> None:
     grid = (ROOT / "bench" / "grids" / "smoke.toml").read_text()
     grid, n = re.subn(r"(?m)^seeds = .*$", f"seeds = [0]\nmodel_seeds = {SEEDS}", grid)
     assert n == 1, "smoke.toml must have one 'seeds = ...' line"
+    keep = sys.argv[1] if len(sys.argv) > 1 else None  # a run folder to keep (an interrupted run resumes)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "smoke.toml"
         path.write_text(grid)
-        out = Path(tmp) / "out"
+        out = Path(keep) if keep else Path(tmp) / "out"
         subprocess.run([sys.executable, "-m", "bench", "run", "--grid", str(path), "--out", str(out)], check=True,
                        cwd=ROOT)
         cells = pd.read_parquet(out / "cells.parquet")

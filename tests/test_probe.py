@@ -39,7 +39,8 @@ def _scene(i: int, seen: float = 0.8, classes: int = 4) -> SceneInput:
     label[:5] = -1
     coord = rng.uniform(0, 3, (N, 3))
     feat = proj[label.clip(0)] + rng.normal(0, 0.3, (N, D))
-    b = PointBatch(torch.from_numpy(coord), torch.from_numpy(rng.uniform(-1, 1, (N, 6))), torch.zeros(N, dtype=torch.long), 1)
+    b = PointBatch(torch.from_numpy(coord), torch.from_numpy(rng.uniform(-1, 1, (N, 6))),
+                   torch.zeros(N, dtype=torch.long), 1)
     inp = SceneInput(b, i, torch.Generator().manual_seed(100 + i), torch.from_numpy(feat),
                      torch.from_numpy(rng.uniform(size=N) < seen))
     inp.label = torch.from_numpy(label)

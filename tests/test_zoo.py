@@ -97,8 +97,8 @@ def test_every_model_of_the_main_grids_is_shipped(grid):
 
     shipped = zoo.read_manifest()
     missing = [f"{k} {describe_model(c)}" for k, c in zoo_cells([grid]).items() if k not in shipped]
-    assert not missing, f"{grid} needs models the zoo does not ship (python -m bench zoo train --only KEY --replace):\n" \
-                        + "\n".join(missing)
+    fix = "python -m bench zoo train --only KEY --replace"
+    assert not missing, f"{grid} needs models the zoo does not ship ({fix}):\n" + "\n".join(missing)
 
 
 def test_a_cell_with_a_shipped_key_uses_the_zoo_and_trains_nothing(tmp_path, monkeypatch):
