@@ -10,7 +10,7 @@ models; more give model variance), ``train_scenes``, ``val_scenes``, ``test_scen
 synthetic domain defined inline: ``base`` = a built-in domain plus parameter overrides, see
 ``bench.data.synth.domains``), a ``[train]`` table of recipe settings, and ``selected``: which file of
 selected hyper-parameters fills the method parameters the grid does not set ("latest" by default,
-"none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
+"none", "vN" or a path; ``bench.selection``). A ``[select]`` table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
@@ -86,7 +86,7 @@ class Overrides:
     ``teacher_weights`` (teacher name -> path) sets ``weights`` of every table of that teacher;
     ``data_roots`` (dataset -> path) sets ``[data_options.DATASET] root``; ``only`` (KEY=VALUE filters)
     selects cells; ``selected`` (none, latest, vN or a file) replaces the grid's ``selected`` key (see
-    ``bench.select``). A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
+    ``bench.selection``). A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
 
     device: str | None = None
     selected: str | None = None
@@ -426,7 +426,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     _check_shared(raw, tables, backbones, teachers, targets, problems)
     _check_methods(tables, problems)  # every method parameter once, before any cell is built
     problems.raise_if_any()
-    from bench.select import apply_selection, check_grid, grid_selection
+    from bench.selection import apply_selection, check_grid, grid_selection
 
     selection = problems.check(grid_selection, raw, path, ov.selected)  # defaults that the grid may override
     problems.raise_if_any()
