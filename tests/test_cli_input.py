@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.grid import GRID_DIR, Overrides, load_grid, same_value
+from bench.grid import GRID_DIR, Overrides, load_grid
+from bench.only import same_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = (GRID_DIR / "smoke.toml").read_text()
