@@ -36,6 +36,10 @@ depend on the executor beyond float summation order (the thread count), which th
 
 Modules named in ``$TTT_BENCH_IMPORTS`` (comma-separated) are imported by every worker before it
 runs a job, so methods or datasets registered by the caller's own modules exist in the workers too.
+
+One module per executor (``inprocess``, ``pool``, ``ray``); what they share (the cell helpers, the
+training job, worker set-up, the plan, the ``Executor`` interface, the usable cores) is ``base``;
+``make_executor`` here picks one.
 """
 
 from __future__ import annotations
