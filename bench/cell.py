@@ -107,7 +107,7 @@ def base_row(cell: Cell) -> dict:
     """The columns that describe a cell's configuration and protocol (every row has them), with the
     origin of its hyper-parameters (``bench.select.hp_columns``: selected, grid or default)."""
     from bench.roles import role
-    from bench.select import hp_columns
+    from bench.selection import hp_columns
 
     return {
         "cell_id": cell.cell_id, "grid": cell.grid, "method": cell.method, "label": cell.label,

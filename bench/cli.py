@@ -113,9 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     zoo_arguments(z)
 
     p = sub.add_parser("profile", help="time the forward/backward and TTT-KD step of each backbone")
-    from bench.profile import add_arguments
-
-    add_arguments(p)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats after a warm-up (median and spread)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default 1; lowered to the cores not busy with other work)")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                   help="only forward and TTT-KD step per backbone")
+    p.add_argument("--voxel-size", type=float, default=None,
+                   help="spunet's voxel size in metres (default: the backbone's, 0.08): what a coarser grid costs")
     return ap
 
 

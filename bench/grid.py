@@ -10,7 +10,7 @@ models; more give model variance), ``train_scenes``, ``val_scenes``, ``test_scen
 synthetic domain defined inline: ``base`` = a built-in domain plus parameter overrides, see
 ``bench.data.synth.domains``), a ``[train]`` table of recipe settings, and ``selected``: which file of
 selected hyper-parameters fills the method parameters the grid does not set ("latest" by default,
-"none", "vN" or a path; ``bench.select``). A ``[select]`` table makes a selection grid.
+"none", "vN" or a path; ``bench.selection``). A ``[select]`` table makes a selection grid.
 
 Targets are given as ``pairs`` (a list of "SOURCE->TARGET" strings, or ``"all"`` = every ordered pair
 of ``datasets`` including the in-distribution diagonal: each a one-segment stream of the target's
@@ -36,10 +36,8 @@ marked with ``reported_from`` (``bench.cell.alias_rows``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import logging
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Any
 
 from bench.cache import stable_hash
 from bench.errors import BenchError
+from bench.only import filter_cells
 from bench.roles import role
 from bench.spec import (
     CELL_SETTINGS,
@@ -54,7 +53,6 @@ from bench.spec import (
     PROTOCOL_DEFAULTS,
     STREAM_KEYS,
     Cell,
-    StreamProtocol,
     check_device_name,
     check_features,
     check_predict,
@@ -75,9 +73,8 @@ TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
             "train", "data_options", "selected", "select", "reset_every", "domains"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
-HIDDEN_CELL_FIELDS = ("grid", "recipe_teacher", "recipe_mae", "alias_of")  # derived, not settings to filter on
 
-__all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "matches", "filter_cells", "cell_id"]
+__all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "filter_cells", "cell_id"]
 
 
 @dataclass
@@ -86,7 +83,7 @@ class Overrides:
     ``teacher_weights`` (teacher name -> path) sets ``weights`` of every table of that teacher;
     ``data_roots`` (dataset -> path) sets ``[data_options.DATASET] root``; ``only`` (KEY=VALUE filters)
     selects cells; ``selected`` (none, latest, vN or a file) replaces the grid's ``selected`` key (see
-    ``bench.select``). A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
+    ``bench.selection``). A teacher or dataset that no cell uses, or a filter that matches nothing, is an error."""
 
     device: str | None = None
     selected: str | None = None
@@ -426,7 +423,7 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     _check_shared(raw, tables, backbones, teachers, targets, problems)
     _check_methods(tables, problems)  # every method parameter once, before any cell is built
     problems.raise_if_any()
-    from bench.select import apply_selection, check_grid, grid_selection
+    from bench.selection import apply_selection, check_grid, grid_selection
 
     selection = problems.check(grid_selection, raw, path, ov.selected)  # defaults that the grid may override
     problems.raise_if_any()
@@ -553,130 +550,3 @@ def cell_id(cell: dict | Cell) -> str:
     from bench.spec import cell_id as _cell_id
 
     return cell.cell_id if isinstance(cell, Cell) else _cell_id(cell)
-
-
-def cell_values(cell: Cell) -> dict[str, Any]:
-    """What ``--only KEY=VALUE`` selects on: every setting a cell carries (its plain fields: method,
-    label, recipe, train_on, source, seed, device, scene counts, predict, cell_id ...; the target label,
-    backbone and teacher names, views, lift_tol, the stream protocol's order, order_seed, reset_every,
-    probe_every, probe_scenes) and its method's parameters (the config's values). A cell setting wins
-    over a method parameter of the same name."""
-    params = cell.method_cfg
-    if dataclasses.is_dataclass(params):
-        params = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
-    out = {**(params if isinstance(params, dict) else {}), **cell.params}
-    for f in dataclasses.fields(cell):
-        v = getattr(cell, f.name)
-        if f.name not in HIDDEN_CELL_FIELDS and isinstance(v, (str, int, float, bool)):
-            out[f.name] = v
-    out.update(target=cell.target, test_scenes=cell.test_scenes, views=cell.lift.views, lift_tol=cell.lift.tol,
-               backbone=cell.backbone.get("name"), teacher=(cell.teacher or {}).get("name"),
-               **dataclasses.asdict(cell.protocol))
-    return out
-
-
-def same_value(got: Any, want: str) -> bool:
-    """Does a cell's value equal the text of an ``--only`` filter? Numbers compare as numbers (1e-4 =
-    0.0001, 3 = 3.0), booleans as true/false (or 1/0), a missing value as none; the rest as text."""
-    if isinstance(got, bool):
-        return want.strip().lower() in (("true", "1") if got else ("false", "0"))
-    if isinstance(got, (int, float)):
-        try:
-            return math.isclose(float(got), float(want), rel_tol=1e-9)
-        except ValueError:
-            return False
-    if got is None:
-        return want.strip().lower() in ("none", "null", "")
-    if isinstance(got, (list, tuple)):
-        return want in (str(got), str(list(got)), ",".join(map(str, got)))
-    return str(got) == want
-
-
-def _split_filter(f: str) -> tuple[str, str]:
-    if "=" not in f:
-        raise BenchError(f"--only '{f}' must be KEY=VALUE, e.g. method=tent or target=synth-s3dis")
-    k, v = f.split("=", 1)
-    return k.strip(), v.strip()
-
-
-def matches(cell: Cell, only: list[str]) -> bool:
-    """``--only key=value``: every filter must match (see ``same_value``); a key that the cell does not
-    have (a parameter of other methods) does not match."""
-    values = cell_values(cell) if only else {}
-    for f in only:
-        k, v = _split_filter(f)
-        if k not in values or not same_value(values[k], v):
-            return False
-    return True
-
-
-def _shown(values: set) -> str:
-    nums = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
-    rest = sorted(str(v) for v in values if not (isinstance(v, (int, float)) and not isinstance(v, bool)))
-    items = [str(v) for v in nums] + rest
-    return ", ".join(items[:30]) + (f", ... ({len(items)} values)" if len(items) > 30 else "")
-
-
-def why_no_match(cells: list[Cell], only: list[str]) -> str:
-    """Which filter of ``only`` leaves no cell, and the values its key takes in the cells before it."""
-    left = cells
-    for i, f in enumerate(only):
-        k, v = _split_filter(f)
-        after = f" among the cells that match {' '.join(only[:i])}" if i else ""
-        values = [cell_values(c) for c in left]
-        kept = [c for c, vals in zip(left, values) if k in vals and same_value(vals[k], v)]
-        if not kept:
-            present = {vals[k] if not isinstance(vals[k], list) else tuple(vals[k]) for vals in values if k in vals}
-            if not present:
-                return f"no cell has '{k}'{after}"
-            return f"{k} is one of {_shown(present)}{after}"
-        left = kept
-    return "no cell matches every filter"
-
-
-def filter_cells(cells: list[Cell], only: list[str]) -> list[Cell]:
-    """The cells that match the ``--only`` filters (all cells when there is none): filters on one key
-    are alternatives (``method=tent --only method=bn_adapt``, or ``method=tent,bn_adapt``: a value that
-    does not match as a whole is split at commas, so ``features=color,normal`` still means the list), and
-    filters on different keys must all match. An unknown key or filters that leave no cell are a
-    BenchError saying which values the cells have."""
-    if not only:
-        return cells
-    check_only(cells, only)
-    groups: dict[str, list[str]] = {}
-    for f in only:
-        k, v = _split_filter(f)
-        groups.setdefault(k, []).append(v)
-
-    def one(got: Any, want: str) -> bool:
-        return same_value(got, want) or ("," in want and any(same_value(got, w.strip()) for w in want.split(",")))
-
-    left = cells
-    for i, (k, wants) in enumerate(groups.items()):
-        values = [cell_values(c) for c in left]
-        kept = [c for c, vals in zip(left, values) if k in vals and any(one(vals[k], w) for w in wants)]
-        if not kept:
-            present = {vals[k] if not isinstance(vals[k], list) else tuple(vals[k]) for vals in values if k in vals}
-            after = (" among the cells that match " + " ".join(f"{key}={'|'.join(ws)}" for key, ws in
-                                                             list(groups.items())[:i])) if i else ""
-            why = f"{k} is one of {_shown(present)}{after}" if present else f"no cell has '{k}'{after}"
-            raise BenchError(f"--only {' '.join(only)} matches none of the grid's {len(cells)} cells: {why}")
-        left = kept
-    return left
-
-
-def check_only(cells: list[Cell], only: list[str]) -> None:
-    """Every ``--only`` filter is KEY=VALUE with a key that some cell has (see ``cell_values``)."""
-    if not only:
-        return
-    keys: set[str] = set().union(*(cell_values(c) for c in cells))
-    settings = {f.name for f in dataclasses.fields(Cell)} | {f.name for f in dataclasses.fields(StreamProtocol)} | {
-        "target", "test_scenes", "views", "lift_tol"}
-    for f in only:
-        k, _ = _split_filter(f)
-        if k not in keys:
-            near = difflib.get_close_matches(k, sorted(keys), n=1)
-            params = sorted(keys - settings)
-            raise BenchError(f"--only: unknown key '{k}'{f' (did you mean {near[0]!r}?)' if near else ''}; the "
-                             f"grid's cells have: {', '.join(sorted(keys & settings))}; and the method "
-                             f"parameters {', '.join(params) or '(none)'}")

@@ -506,18 +506,6 @@ def print_profile(out: dict, console: Console) -> None:
 
 # -------------------------------------------------------------------------------------------- CLI
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``profile`` sub-command's options (bench/cli.py calls this)."""
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats after a warm-up (median and spread)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default 1; lowered to the cores not busy with other work)")
-    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
-                   help="only forward and TTT-KD step per backbone")
-    p.add_argument("--voxel-size", type=float, default=None,
-                   help="spunet's voxel size in metres (default: the backbone's, 0.08): what a coarser grid costs")
-
-
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
     """The ``profile`` sub-command."""
     from bench.spec import check_device

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_inprocess import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).parent / "smoke_expected.json"
 
 
-def bench(*args, cwd=None, env=None):
-    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd or ROOT,
+def bench_process(*args):
+    """``python -m bench`` as its own process, as a user runs it (the smoke run and its rerun)."""
+    env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=900)
 
 
@@ -66,11 +68,11 @@ def test_grid_mistakes_are_reported_before_any_work(tmp_path):
     assert "method 'ttt_kd'" in text and "parameter 'steps' = 'five'" in text and "expected int" in text
 
 
-def test_missing_data_root_is_one_message_before_the_run(tmp_path):
+def test_missing_data_root_is_one_message_before_the_run(tmp_path, monkeypatch):
     grid = tmp_path / "real.toml"
     grid.write_text('pairs = ["scannet->scannet"]\nbackbones = ["spunet"]\n[[methods]]\nname = "source"\n')
-    r = bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"),
-              env={"TTT_BENCH_DATA_SCANNET": ""})
+    monkeypatch.setenv("TTT_BENCH_DATA_SCANNET", "")
+    r = bench("run", "--grid", str(grid), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.count("needs its data root") == 1 and not (tmp_path / "out").exists()
 
 
@@ -90,11 +92,12 @@ def test_show_writes_a_picture(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
-    r = bench("run", "--grid", "smoke", "--out", str(out))
+    r = bench_process("run", "--grid", "smoke", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     return out
 
 
+@pytest.mark.slow
 def test_smoke_grid_regression(smoke_results):
     """Key numbers against expectations derived from the measured seed spread (tests/smoke_expectations.py:
     mean and std over 5 seeds of each row's mIoU and of its paired gain over Source-Only), so the test passes
@@ -128,6 +131,7 @@ def test_smoke_check_flags_a_changed_method():
     assert check("x", {"miou": 0.15, "gain": 0.005, "steps": 2.0}, exp)
 
 
+@pytest.mark.slow
 def test_report_from_smoke_results(smoke_results):
     r = bench("report", "--results", str(smoke_results))
     assert r.returncode == 0, r.stderr
@@ -140,5 +144,5 @@ def test_report_from_smoke_results(smoke_results):
     for fig in ("fig_pareto", "fig_per_class_iou"):
         assert (rep / f"{fig}.png").stat().st_size > 5000 and (rep / f"{fig}.svg").is_file()
     # a rerun skips every finished cell
-    r2 = bench("run", "--grid", "smoke", "--out", str(smoke_results))
+    r2 = bench_process("run", "--grid", "smoke", "--out", str(smoke_results))
     assert r2.returncode == 0 and "0 to run" in r2.stderr

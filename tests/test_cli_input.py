@@ -5,18 +5,28 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_inprocess
 import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.grid import GRID_DIR, Overrides, load_grid, same_value
+from bench.grid import GRID_DIR, Overrides, load_grid
+from bench.only import same_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = (GRID_DIR / "smoke.toml").read_text()
 
 
 def bench(*args, cwd=None):
-    """``python -m bench`` of this checkout (also from another working folder), output piped as in a script."""
+    """``python -m bench ARGS``: in this process (``bench.cli.main``), or, given another working folder
+    ``cwd``, as a subprocess of this checkout with its output piped as in a script."""
+    if cwd is None:
+        return cli_inprocess.bench(*args)
+    return bench_process(*args, cwd=cwd)
+
+
+def bench_process(*args, cwd=None):
+    """``python -m bench`` of this checkout as its own process (also from another working folder), output piped."""
     env = {**os.environ, "TTT_BENCH_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd or ROOT,
                           env=env, timeout=600)
@@ -115,7 +125,7 @@ def test_only_compares_numbers_numerically_and_lists_the_values_present():
     assert numeric and [c.cell_id for c in numeric] == [c.cell_id for c in text]
     # 378 cells less the 9 Oracle cells on the diagonal (reported from the Source-Only cells, bench.grid)
     with pytest.raises(BenchError, match=r"--only lr=1e-7 matches none of the grid's 369 cells: lr is one of "
-                                         r"0\.0001, 0\.0002, 0\.001"):
+                                         r"0\.0001, 0\.0002, 0\.00025, 0\.001"):
         load_grid("id_ood", Overrides(only=["lr=1e-7"], selected="none"))
     with pytest.raises(BenchError, match=r"method is one of .*bn_adapt.*ttt_kd"):
         load_grid("id_ood", Overrides(only=["method=tnet"]))
@@ -168,13 +178,13 @@ def test_world_refuses_a_real_dataset_before_measuring():
 
 # 8 -- output piped into a file is neither wrapped nor cut
 def test_piped_output_is_not_wrapped_or_truncated():
-    r = bench("run", "--grid", "continual", "--dry-run")
+    r = bench_process("run", "--grid", "continual", "--dry-run")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 31 and lines[-1] == "30 cells"  # 10 rows x 3 seeds
     assert all("synth-scannet->synth-s3dis>synth-matterport>synth-scannet" in line for line in lines[:-1])
     ref = str(ROOT / "results" / "reference" / "continual")
-    r = bench("compare", ref, ref)
+    r = bench_process("compare", ref, ref)
     assert r.returncode == 0, r.stderr
     assert "…" not in r.stdout and "synth-scannet → synth-s3dis>synth-matterport>synth-scannet" in r.stdout
 

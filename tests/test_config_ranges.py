@@ -4,12 +4,10 @@ or not among the choices fails while it loads, one line per bad value, before an
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_inprocess import bench
 
 from backbones import BACKBONES, RECIPES
 from bench.errors import BenchError
@@ -19,7 +17,6 @@ from bench.registry import load_all, make_config
 from methods import METHODS
 
 load_all()
-ROOT = Path(__file__).resolve().parent.parent
 
 HEAD = """
 pairs = ["synth-scannet->synth-s3dis"]
@@ -70,9 +67,7 @@ def test_cli_reports_every_problem_at_once(tmp_path):
     body = "\n".join(b for b, _ in CASES.values() if not b.startswith("[train]"))
     p = _grid(tmp_path, CASES["epochs"][0] + "\n" + body)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "bench", "run", "--grid", str(p), "--dry-run", "--out", str(out)],
-                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TTT_BENCH_NO_PROGRESS": "1"},
-                       timeout=300)
+    r = bench("run", "--grid", str(p), "--dry-run", "--out", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr and not out.exists(), r.stderr
     text = " ".join(r.stderr.split())
     assert f"{len(CASES)} problems" in text, r.stderr

@@ -158,6 +158,7 @@ def test_progress_reports_from_a_worker_reach_the_activity_log(caplog):
     assert "ETA" in caplog.text and "4/4 (epoch 4/4)" in caplog.text
 
 
+@pytest.mark.slow
 def test_killed_worker_costs_only_its_cell(tmp_path, worker_imports, caplog):
     """A pool worker SIGKILLed mid-cell: the cell is retried once (and succeeds if the worker survives
     the retry, else becomes an error row with the reason); the other cells finish; each model once."""
@@ -180,6 +181,7 @@ def test_killed_worker_costs_only_its_cell(tmp_path, worker_imports, caplog):
     assert "retrying it once" in caplog.text
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_workers_and_keeps_finished_cells(tmp_path, worker_imports):
     """SIGINT to the CLI's `run` with a pool: it exits (code 130, no traceback) without waiting
     for the running cells (each would sleep 10 minutes), its workers are gone, finished rows stay."""

@@ -299,7 +299,7 @@ def test_auto_executor(monkeypatch):
     from bench import executors
     from bench.executors import InProcess, Pool, make_executor
 
-    monkeypatch.setattr(executors, "cpu_cores", lambda: 4)
+    monkeypatch.setattr(executors.base, "cpu_cores", lambda: 4)
     ex = make_executor("auto", device="cpu", n_cells=10)
     assert isinstance(ex, Pool) and ex.workers == 4 and ex.threads() == 1
     assert make_executor("auto", device="cpu", n_cells=3).workers == 3  # no idle workers
@@ -310,9 +310,9 @@ def test_auto_executor(monkeypatch):
     assert make_executor("auto", device="cpu", n_cells=1).threads == 3
     assert make_executor("pool", workers=1).threads == make_executor("inprocess").threads == 3
     assert make_executor("auto", device="cuda").threads == 4
-    monkeypatch.setattr(executors, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(executors.base, "cpu_cores", lambda: 2)
     assert make_executor("auto", device="cpu", n_cells=1).threads == 1
-    monkeypatch.setattr(executors, "cpu_cores", lambda: 1)
+    monkeypatch.setattr(executors.base, "cpu_cores", lambda: 1)
     assert make_executor("inprocess").threads == 1
     with pytest.raises(BenchError, match="unknown executor 'threads'; valid: auto"):
         make_executor("threads")

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import select as sel_mod
+from bench import selection as sel_mod
 from bench.data.datasets import DATASETS, Dataset
 from bench.data.scene import Scene
 from bench.errors import BenchError
 from bench.grid import GRID_DIR, Overrides, load_grid
 from bench.runner import run_grid
-from bench.select import Selection, check_grid, load_selection, run_selection
+from bench.select import run_selection
+from bench.selection import Selection, check_grid, load_selection
 from bench.spec import Cell
 from bench.store import ResultsStore
 from methods import METHODS

@@ -33,7 +33,7 @@ TTT-KD paper; their room-type mixes are modelled on these sources (see ``bench.d
   (and so no scene) with the three test domains: a mixed building (homes and offices) scanned with a
   sensor between the consumer and the survey one, neutral light and its own palette.
 
-Object styles (``styles``): every furniture class has several shape families (``room.STYLES``); a
+Object styles (``styles``): every furniture class has several shape families (``STYLES``); a
 domain draws them with its own probabilities (office swivel and sled-base chairs in S3DIS, dining
 and arm chairs in homes), so part of each shift is geometric, which no normalisation removes.
 
@@ -60,6 +60,22 @@ WORLD_VERSION = 5  # bump when the generator or a built-in domain changes: cache
 ROOM_TYPES: tuple[str, ...] = (
     "bedroom", "living_room", "kitchen", "bathroom", "office", "conference_room", "hallway", "storage", "lobby",
 )
+
+# The names a domain's parameters refer to (room types above, item kinds, furniture styles) live here, beside
+# the domains that weight them; ``room`` builds the geometry of each name and imports them from here.
+# every kind of item a room type may hold (a domain's ``counts`` scales them)
+ITEM_KINDS: tuple[str, ...] = ("bed", "sofa", "bookshelf", "cabinet", "table", "chair", "door", "window", "clutter",
+                               "fixture", "appliance", "board", "picture")
+
+# every furniture class's shape families (the first is the fallback when a domain gives no weight)
+STYLES: dict[str, tuple[str, ...]] = {
+    "chair": ("four_leg", "sled", "swivel", "armchair", "stool"),
+    "table": ("rect", "desk", "round", "pedestal", "coffee", "conference"),
+    "sofa": ("one_seat", "two_seat", "three_seat"),
+    "bed": ("single", "double", "bare"),
+    "cabinet": ("low", "tall", "kitchen", "file"),
+    "bookshelf": ("tall", "low", "wide"),
+}
 
 
 @dataclass(frozen=True)
@@ -332,8 +348,6 @@ def with_overrides(base: Domain, overrides: dict[str, Any], name: str | None = N
 
 def check_domain(dom: Domain) -> None:
     """Raise a BenchError for an invalid parameter set (unknown room types, styles, classes, ranges)."""
-    from bench.data.synth.room import STYLES
-
     where = f"domain '{dom.name}'"
     bad = sorted(set(dom.rooms) - set(ROOM_TYPES))
     if bad:
@@ -374,8 +388,6 @@ def check_domain(dom: Domain) -> None:
             raise BenchError(f"{where}: sensor.{key} = {getattr(s, key)} must be >= 0")
     if not 0 <= s.hole_rate < 1 or not 0 <= s.glass_depth <= 1:
         raise BenchError(f"{where}: sensor.hole_rate must be in [0, 1) and sensor.glass_depth in [0, 1]")
-    from bench.data.synth.room import ITEM_KINDS
-
     bad = sorted(set(dom.counts) - set(ITEM_KINDS))
     if bad:
         raise BenchError(f"{where}: counts has unknown item kind(s) {bad}; valid: {', '.join(ITEM_KINDS)}")

@@ -20,7 +20,7 @@ import torch
 
 from bench.data.classes import IGNORE
 from bench.data.synth.domains import ROOM_TYPES as ROOM_TYPE_NAMES
-from bench.data.synth.domains import C, Domain
+from bench.data.synth.domains import STYLES, C, Domain
 
 
 @dataclass
@@ -113,20 +113,6 @@ ROOM_TYPES: dict[str, RoomType] = {
                       table_wall=0.0, chairs_at_tables=0.5),
 }
 assert tuple(ROOM_TYPES) == ROOM_TYPE_NAMES
-
-# every kind of item a room type may hold (a domain's ``counts`` scales them)
-ITEM_KINDS: tuple[str, ...] = ("bed", "sofa", "bookshelf", "cabinet", "table", "chair", "door", "window", "clutter",
-                               "fixture", "appliance", "board", "picture")
-
-# every furniture class's shape families (the first is the fallback when a domain gives no weight)
-STYLES: dict[str, tuple[str, ...]] = {
-    "chair": ("four_leg", "sled", "swivel", "armchair", "stool"),
-    "table": ("rect", "desk", "round", "pedestal", "coffee", "conference"),
-    "sofa": ("one_seat", "two_seat", "three_seat"),
-    "bed": ("single", "double", "bare"),
-    "cabinet": ("low", "tall", "kitchen", "file"),
-    "bookshelf": ("tall", "low", "wide"),
-}
 
 
 def pick_style(rng: np.random.Generator, dom: Domain, cls: str, allowed: tuple[str, ...] | None) -> str:
