@@ -234,10 +234,17 @@ class Cell:
     @property
     def target(self) -> str:
         """The target as one label: the dataset spec of a one-segment stream, else the segments joined by
-        '>' (by '+' where the order mixes them), with the protocol's order and probe in brackets."""
+        '>' (by '+' where the order mixes them), with the protocol's order and probe in brackets; a stream of
+        one domain throughout is written 'SPEC xN' (N segments), one that repeats a cycle of domains
+        '(A>B>C) xN' (``stream_period``)."""
         if len(self.stream) == 1:
             return self.stream[0].dataset + self.protocol.label()
         sep = ">" if self.protocol.order == "sequential" else "+"
+        names = [s.dataset for s in self.stream]
+        period = stream_period(names)
+        if period < len(names):  # one domain throughout (constant), or a cycle of domains that recurs
+            cycle = names[0] if period == 1 else "(" + sep.join(names[:period]) + ")"
+            return f"{cycle} x{len(names) // period}" + self.protocol.label()
         specs = [s.spec for s in self.stream]
         if len({(d.base, d.corruption) for d in specs}) == 1 and specs[0].corruption:  # a gradual stream
             return f"{specs[0].base}:{specs[0].corruption}@" + sep.join(str(d.severity) for d in specs) + \
@@ -403,6 +410,25 @@ def stream_plain(stream: tuple[Segment, ...]) -> tuple[Any, int | None]:
     if len(stream) == 1 and stream[0].split == "test":
         return stream[0].dataset, stream[0].scenes
     return [s.to_dict() for s in stream], None
+
+
+def stream_period(datasets: list[str]) -> int:
+    """The shortest period p of a stream's segment dataset specs: the smallest p that divides their
+    number and repeats the first p throughout (1: one domain throughout, a constant-difficulty stream;
+    p < n: a recurring cycle of p domains); ``len(datasets)`` when nothing repeats."""
+    n = len(datasets)
+    return next(p for p in range(1, n + 1) if n % p == 0 and datasets == datasets[:p] * (n // p))
+
+
+def visits(datasets: list[str]) -> list[int]:
+    """Per segment, the how-many-th visit of its dataset spec it is (1 = first time the stream reads that
+    domain): the recurring scenario's per-visit numbering, segment k of a constant stream is visit k."""
+    seen: dict[str, int] = {}
+    out = []
+    for d in datasets:
+        seen[d] = seen.get(d, 0) + 1
+        out.append(seen[d])
+    return out
 
 
 def _count(v: Any, what: str, minimum: int = 0, zero: str | None = None) -> int:
