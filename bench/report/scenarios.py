@@ -5,6 +5,9 @@
   domain in every segment, so visit k is segment k; a gradual stream's way back), each row's mIoU on
   each visit of each domain (the segment's pooled mIoU, mean over seeds) and the change from the first
   visit to the last: does an online method recover on, or lose, a domain it has already adapted to?
+* ``openset_table``: known-class mIoU and unknown-point AUROC / FPR95 of open-set rows (``bench.openset``).
+* ``label_free_table``: labelled versus label-free selection on a folder with validation and test
+  cells of the same candidates (``bench.criteria.selection_table``; ``bench/grids/label_free.toml``).
 * ``shift_corruption_table``: for each pair whose target is another domain *and* corrupted
   (``A -> B:c@s``), with the pairs ``A -> A`` (clean), ``A -> B`` (shift only) and ``A -> A:c@s``
   (corruption only) in the same folder, each row's mIoU on the four and the interaction
@@ -141,5 +144,59 @@ def shift_corruption_table(res: Results) -> Table | None:
                  align="ll" + "r" * 5)
 
 
-__all__ = ["shift_corruption_cols", "shift_corruption_table", "table_visits", "visit_table", "visits_figure"]
+def openset_table(res: Results) -> Table | None:
+    """Open-set rows (``bench.openset``): per row and pair the known-class mIoU (%), the AUROC (%) and the
+    FPR at 95 % TPR (%) of detecting the held-out classes' points by 1 - MSP, means over seeds; None when
+    no cell is open-set."""
+    c = res.cells
+    if "auroc_unknown" not in c or not c["auroc_unknown"].notna().any():
+        return None
+    c = c[c["auroc_unknown"].notna() | c.get("holdout_classes", pd.Series(index=c.index, dtype=object)).notna()]
+    g = c.groupby(["row", "col"])[["miou", "auroc_unknown", "fpr95_unknown"]].mean()
+    held = ", ".join(sorted({x for v in c.get("holdout_classes", pd.Series(dtype=object)).dropna() for x in
+                             str(v).split(",") if x}))
+    rows = []
+    for col in res.columns:
+        for r in res.order:
+            if (r, col) in g.index:
+                v = g.loc[(r, col)]
+                rows.append([res.display(r), f"{short(col[0])}→{short(col[1])}", pct(v["miou"]),
+                             pct(v["auroc_unknown"]), pct(v["fpr95_unknown"])])
+    caption = (f"Open-set: held out of source training: {held or '?'}. Known-class mIoU (%) on the points of the known "
+               "classes; unknown-point detection by the score 1 - MSP (maximum softmax probability): AUROC (%) and "
+               "false-positive rate (%) on known points at 95 % true-positive rate on the held-out points, pooled over "
+               "each stream's points; means over seeds.")
+    return Table(["method", "pair", "known mIoU", "AUROC", "FPR95"], rows, caption, align="ll" + "r" * 3)
+
+
+def label_free_table(res: Results) -> Table | None:
+    """Labelled versus label-free selection (``bench.criteria.selection_table``): per method and criterion
+    the candidate picked on the validation cells, its test mIoU (%) and the gap to the labelled pick; None
+    when the folder has no method with two or more candidates on both validation and test cells."""
+    from bench.criteria import CRITERIA, selection_table
+
+    t = selection_table(res.cells)
+    if t.empty:
+        return None
+    label = res.cells.drop_duplicates("method").set_index("method")["label"]
+    rows = []
+    for r in t.itertuples():
+        params = ", ".join(f"{k}={v}" for k, v in json.loads(r.params).items())
+        val = "-" if not np.isfinite(r.validation) else (pct(r.validation) if r.criterion == "labelled"
+                                                          else f"{r.validation:.4g}")
+        rows.append([str(label.get(r.method, r.method)), r.criterion, params, val, pct(r.test_miou),
+                     f"{100 * r.gap:+.1f}", str(r.candidates)])
+    crit = "; ".join(f"{k}: {c.what} ({'higher' if c.higher_is_better else 'lower'} is better)"
+                     for k, c in CRITERIA.items())
+    caption = ("Hyper-parameters picked on the validation cells (val splits) by labelled mIoU (labelled: the highest "
+               "mean validation mIoU) and by each label-free criterion (bench/criteria.py; " + crit + "); oracle: "
+               "the candidate with the highest test mIoU. validation: the pick's mean validation mIoU (%) or "
+               "criterion value; test mIoU (%): mean over the test cells (test splits); gap: test mIoU of the "
+               "labelled pick minus that of this pick, mIoU points (positive: the criterion loses against labels).")
+    return Table(["method", "criterion", "picked", "validation", "test mIoU", "gap", "candidates"], rows, caption,
+                 align="lll" + "r" * 4)
+
+
+__all__ = ["label_free_table", "openset_table", "shift_corruption_cols", "shift_corruption_table", "table_visits",
+           "visit_table", "visits_figure"]
 
