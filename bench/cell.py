@@ -305,7 +305,8 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     classes = tuple(sorted(set().union(*seg_classes.values())))
     iou = iou_per_class(conf_total)
     stat_keys = dict.fromkeys(k for r in scene_rows for k in r if k.startswith(("stat_", "crit_")))
-    stat_means = {k: float(np.nanmean([r.get(k, np.nan) for r in scene_rows])) for k in stat_keys}
+    stat_vals = {k: np.asarray([r.get(k, np.nan) for r in scene_rows], dtype=np.float64) for k in stat_keys}
+    stat_means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in stat_vals.items()}
     n = max(1, len(steps))
     row = {"miou": miou(conf_total, classes), "miou_3d": miou(conf_total, classes),
            "miou_2d": miou(conf_2d_total, classes) if multimodal else float("nan"),

@@ -141,3 +141,11 @@ def test_selection_table_picks_and_gaps():
     assert t.at["oracle", "gap"] == pytest.approx(0.31 - 0.45)
     assert t.at["entropy", "validation"] == pytest.approx(0.1)
     assert selection_table(cells[cells["stream"].str.contains('"val"')]).empty  # no test cells
+
+
+def test_select_refuses_an_unknown_criterion_before_any_work(tmp_path):
+    from bench.select import run_selection
+
+    with pytest.raises(BenchError, match="--criterion 'accuracy' unknown; valid: entropy, agreement, snd, kd_loss"):
+        run_selection(runs=tmp_path / "runs", criterion="accuracy")
+    assert not (tmp_path / "runs").exists()

@@ -152,14 +152,14 @@ def openset_table(res: Results) -> Table | None:
     if "auroc_unknown" not in c or not c["auroc_unknown"].notna().any():
         return None
     c = c[c["auroc_unknown"].notna() | c.get("holdout_classes", pd.Series(index=c.index, dtype=object)).notna()]
-    g = c.groupby(["row", "col"])[["miou", "auroc_unknown", "fpr95_unknown"]].mean()
+    g = c.groupby(["row", "col"])[["miou", "auroc_unknown", "fpr95_unknown"]].mean().to_dict("index")
     held = ", ".join(sorted({x for v in c.get("holdout_classes", pd.Series(dtype=object)).dropna() for x in
                              str(v).split(",") if x}))
     rows = []
     for col in res.columns:
         for r in res.order:
-            if (r, col) in g.index:
-                v = g.loc[(r, col)]
+            if (r, col) in g:
+                v = g[(r, col)]
                 rows.append([res.display(r), f"{short(col[0])}→{short(col[1])}", pct(v["miou"]),
                              pct(v["auroc_unknown"]), pct(v["fpr95_unknown"])])
     caption = (f"Open-set: held out of source training: {held or '?'}. Known-class mIoU (%) on the points of the known "
