@@ -25,9 +25,16 @@ many are predicted right); the cell row's ``ece`` is the expected calibration er
 histograms of the stream's scenes (sum over bins of |correct - confidence| / points). Each scene
 row also holds ``pred_sample``: the predicted class (uint8 bytes) of ``PRED_SAMPLE`` points drawn
 by a seed of the scene's dataset spec, name and point count, so two rows of one scene compare their
-predictions on the same points (``bench.select.agreement``). A method with a ``scene_stats()``
+predictions on the same points (``bench.select.agreement``), and the label-free selection criteria
+``crit_entropy``, ``crit_agreement``, ``crit_snd`` and ``crit_kd_loss`` (``bench.criteria``; computed
+outside the timed parts, the cell row holds their means). A method with a ``scene_stats()``
 method (returning a dict of floats after adapting a scene) gets a ``stat_KEY`` column per value in
 its scene rows and their mean in its cell row.
+
+Open-set cells (``holdout_classes``, ``bench.openset``): ``miou`` and ``miou_known`` score the known
+classes only (held-out points are left out of the confusion matrices and calibration histograms); scene
+and cell rows add ``auroc_unknown``, ``fpr95_unknown`` and ``n_unknown`` (unknown score 1 - MSP, the
+cell's values over the pooled points of its stream), cell rows ``holdout_classes`` and ``unknown_score``.
 
 Rows carry ``seed`` (the test stream's) and ``model_seed`` (the source model's), and
 ``reported_from``: empty, or for the row of an alias (``bench.grid``: the Oracle on the diagonal is
@@ -125,6 +132,7 @@ def base_row(cell: Cell) -> dict:
         "lift_tol": cell.lift.tol if cell.teacher else float("nan"),
         **hp_columns(cell),
         **protocol_columns(cell),
+        **({"holdout_classes": ",".join(cell.holdout)} if cell.holdout else {}),
     }
 
 
@@ -180,7 +188,12 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise BenchError("device 'cuda' requested but CUDA is not available here; use --device cpu")
     model, ckpt = get_model(cell)
+    source_model = copy.deepcopy(model).eval().requires_grad_(False)  # frozen: crit_agreement's reference
     method = METHODS.get(cell.method).factory(cfg=cell.method_cfg, model=model)
+    # TTT-KD's own loss after adaptation (crit_kd_loss): methods that distil teacher features through the
+    # model's distillation head and name their loss
+    kd_kind = (getattr(cell.method_cfg, "loss", None) or getattr(cell.recipe_cfg, "kd_loss", "cosine")) \
+        if cell.method_uses_teacher and cell.recipe_teacher and hasattr(cell.method_cfg, "loss") else None
     source = dataset_for(cell, cell.training_data())
     all_segments = stream_names(cell)
     segments = [s for s in all_segments if s[0] >= 0]
@@ -203,6 +216,10 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
     # (trained on the target) included, so that Oracle - Source-Only compares the same class set.
     pair_source = source if cell.training_data() == cell.source else dataset_for(cell, cell.source)
     seg_classes = {k: eval_classes(pair_source.classes, ds.classes) for k, ds in datasets.items()}
+    held = cell.holdout_ids  # open-set mode (bench.openset): scored on the known classes, held-out points detected
+    if held:
+        seg_classes = {k: tuple(c for c in v if c not in held) for k, v in seg_classes.items()}
+    unknown_pool: list[tuple[np.ndarray, np.ndarray]] = []
     conf_seg = {k: np.zeros_like(conf_total) for k in datasets}
     items = stream_order(cell, [(k, name) for k, _, names in segments for name in names], datasets, fc is not None)
     scene_rows, probe_rows, adapt_s, infer_s, prepare_s, steps, n_resets = [], [], 0.0, 0.0, 0.0, [], 0
@@ -257,6 +274,9 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
             adapt_s, infer_s = adapt_s + ta, infer_s + ti
             steps.append(n_steps)
             stats = {f"stat_{k}": float(v) for k, v in (scene_stats() or {}).items()} if callable(scene_stats) else {}
+            if held:
+                stats.update(_open_set(logits, scene.label, classes, held, unknown_pool))
+            stats.update(_criteria(source_model, method.model, inp, logits, kd_kind, seg.dataset, name))
             row = {"cell_id": cell.cell_id, "scene": scene_key(cell, k, name), "index": index, "segment": k,
                    "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
                    "miou": miou(conf, classes), "miou_3d": miou(conf, classes),
@@ -284,8 +304,9 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
                          "miou": miou(conf_seg[k], seg_classes[k])})
     classes = tuple(sorted(set().union(*seg_classes.values())))
     iou = iou_per_class(conf_total)
-    stat_keys = dict.fromkeys(k for r in scene_rows for k in r if k.startswith("stat_"))
-    stat_means = {k: float(np.nanmean([r.get(k, np.nan) for r in scene_rows])) for k in stat_keys}
+    stat_keys = dict.fromkeys(k for r in scene_rows for k in r if k.startswith(("stat_", "crit_")))
+    stat_vals = {k: np.asarray([r.get(k, np.nan) for r in scene_rows], dtype=np.float64) for k in stat_keys}
+    stat_means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in stat_vals.items()}
     n = max(1, len(steps))
     row = {"miou": miou(conf_total, classes), "miou_3d": miou(conf_total, classes),
            "miou_2d": miou(conf_2d_total, classes) if multimodal else float("nan"),
@@ -300,9 +321,50 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
            "checkpoint_cache": ckpt["cache"], "peak_mem_mb": mem.peak_mb, "mem_kind": mem.kind,
            "segments": json.dumps(seg_rows), "n_resets": n_resets, **_probe_summary(probe_rows, source.classes),
            **stat_means}
+    if held:
+        row.update(_open_set_summary(cell, row["miou"], unknown_pool))
     for c, name in enumerate(CLASSES):
         row[f"iou_{name}"] = float(iou[c]) if c in classes else float("nan")
     return row, scene_rows + probe_rows
+
+
+def _criteria(source_model, model, inp, logits: torch.Tensor, kd_kind: str | None, dataset: str, name: str) -> dict:
+    """A scene's label-free criterion columns (``bench.criteria``): entropy, agreement with the frozen
+    source model's prediction, SND on a seeded point sample, and the distillation loss after adapting
+    (``kd_kind``: the method's loss; None = not a TTT-KD cell, NaN)."""
+    from bench.criteria import kd_loss, scene_criteria, scene_seed
+
+    with torch.no_grad():
+        source_logits = source_model(inp.batch)["seg"]
+    kd = kd_loss(model, inp.batch, inp.teacher_feat, inp.teacher_mask, kd_kind) if kd_kind else float("nan")
+    return scene_criteria(logits, source_logits, scene_seed(dataset, name, logits.shape[0]), kd)
+
+
+def _open_set(logits: torch.Tensor, label: np.ndarray, known: tuple[int, ...], held: tuple[int, ...],
+              pool: list) -> dict:
+    """A scene's open-set columns (``bench.openset.detection``: AUROC and FPR at 95 % TPR of the unknown
+    score 1 - MSP, points of a held-out class against points of a known class); the scene's scored points
+    (maximum softmax probability, is-unknown) are appended to ``pool`` for the cell's pooled values."""
+    from bench.openset import detection
+
+    lab = np.asarray(label).reshape(-1)
+    msp = torch.softmax(logits.detach().double(), 1).max(1).values.cpu().numpy()
+    keep = np.isin(lab, held) | np.isin(lab, known)
+    pool.append((msp[keep], np.isin(lab[keep], held)))
+    return detection(msp, lab, known, held)
+
+
+def _open_set_summary(cell: Cell, known_miou: float, pool: list) -> dict:
+    """The cell row's open-set columns: the held-out classes, the score, known-class mIoU (= ``miou``)
+    and the detection values over the pooled points of the stream."""
+    from bench.openset import SCORE, auroc, fpr_at_tpr, unknown_score
+
+    msp = np.concatenate([m for m, _ in pool]) if pool else np.zeros(0)
+    unknown = np.concatenate([u for _, u in pool]) if pool else np.zeros(0, bool)
+    score = unknown_score(msp)
+    return {"holdout_classes": ",".join(cell.holdout), "unknown_score": SCORE, "miou_known": known_miou,
+            "auroc_unknown": auroc(score, unknown), "fpr95_unknown": fpr_at_tpr(score, unknown),
+            "n_unknown": int(unknown.sum())}
 
 
 def scene_key(cell: Cell, k: int, name: str) -> str:

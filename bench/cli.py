@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     sel.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                      help="select only for matching cells (repeatable), e.g. method=ttt_kd")
     sel.add_argument("--dry-run", action="store_true", help="check the validation pairs, print the plan and exit")
+    sel.add_argument("--criterion", help="choose by a label-free criterion instead of labelled mIoU: entropy, "
+                     "agreement, snd or kd_loss (bench/criteria.py); writes RUNS/criterion-NAME.toml")
     sel.add_argument("--executor", default="auto", choices=["auto", "inprocess", "pool", "ray"])
     sel.add_argument("--workers", type=int, default=0, help="processes (pool) or CPUs (ray); 0 = one per core")
     sel.add_argument("--address", help="Ray cluster address (with --executor ray)")
@@ -257,7 +259,7 @@ def cmd_select(args) -> int:
     import_plugins()
     command = "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     run_selection(args.grid, args.out, args.runs, args.budget_s, args.executor, args.workers, args.address,
-                  list(args.only), args.device, args.dry_run, console, command)
+                  list(args.only), args.device, args.dry_run, console, command, args.criterion)
     return 0
 
 

@@ -71,7 +71,7 @@ GRID_DIR = Path(__file__).parent / "grids"
 TOP_KEYS = {"name", "description", "backbones", "teachers", "methods", "datasets", "pairs", "streams", "seeds",
             "model_seeds",
             "train_scenes", "val_scenes", "test_scenes", "device", "features", "views", "lift_tol", "predict",
-            "train", "data_options", "selected", "select", "reset_every", "domains"}
+            "train", "data_options", "selected", "select", "reset_every", "domains", "holdout_classes"}
 METHOD_KEYS = {"name", "label", "recipe", "train_on"}
 
 __all__ = ["Grid", "Overrides", "load_grid", "grid_path", "describe", "filter_cells", "cell_id"]
@@ -441,6 +441,8 @@ def load_grid(name_or_path: str, overrides: Overrides | dict | None = None) -> G
     # (the identity is built from the resolved configuration, so writing a default changes nothing)
     if raw.get("reset_every", 0) != 0:
         common["reset_every"] = raw["reset_every"]
+    if raw.get("holdout_classes"):  # open-set mode (bench.openset); checked by bench.spec.resolve
+        common["holdout_classes"] = raw["holdout_classes"]
     for key in ("views", "predict"):
         if key in raw and raw[key] != DEFAULTS[key]:
             common[key] = raw[key]

@@ -33,6 +33,7 @@ def get_model(cell: Cell, use_zoo: bool = True, root=None):
     stored ones, so a changed generator or weights file retrains instead of reusing a stale model."""
     from backbones import RECIPES
     from backbones.checkpoint import get_or_train
+    from bench.openset import held_out_scenes
 
     data_spec = cell.training_data()
     ds = dataset_for(cell, data_spec)
@@ -52,6 +53,8 @@ def get_model(cell: Cell, use_zoo: bool = True, root=None):
         ds.ensure(names + vnames, workers=torch.get_num_threads())
         scenes = [load_scene(ds, n, fc is not None) for n in names]
         val = [load_scene(ds, n, False) for n in vnames]
+        if cell.holdout:  # open-set mode: the held-out classes are ignore in training (bench.openset)
+            scenes, val = held_out_scenes(scenes, cell.holdout_ids), held_out_scenes(val, cell.holdout_ids)
         teacher_fn = (lambda s: fc.get(ds.fingerprint(), s)) if fc else None
         return train(model, scenes, val, cell.model_seed, cell.device, teacher_fn,
                      desc=f"train {spec.backbone}/{cell.recipe} on {data_spec}")

@@ -317,10 +317,17 @@ def _steps(cell) -> int:
 def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path | None = None,
                   budget_s: float | None = None, executor: str = "inprocess", workers: int = 1,
                   address: str | None = None, only: list[str] | None = None, device: str | None = None,
-                  dry_run: bool = False, console=None, command: str = "") -> Path | None:
+                  dry_run: bool = False, console=None, command: str = "", criterion: str | None = None) -> Path | None:
     """Run the selection grid's candidates on its validation cells and write the selected values.
-    Returns the file written (None for a dry run)."""
+    Returns the file written (None for a dry run). With ``criterion`` (``bench.criteria``) each method's
+    candidate is chosen by that label-free criterion instead of labelled mIoU (``bench.criteria.choose``),
+    and the file goes to ``out`` or ``RUNS/criterion-NAME.toml`` (never a ``bench/selected`` version)."""
     from rich.console import Console
+
+    if criterion is not None:
+        from bench.criteria import check_criterion
+
+        check_criterion(criterion)
 
     from bench.grid import Grid, Overrides, load_grid
     from bench.runner import run_grid
@@ -374,19 +381,28 @@ def run_selection(grid_name: str = "select", out: Path | None = None, runs: Path
                          "Fix the cause and run the same command again: finished cells are kept")
     store = ResultsStore(runs)
     rows = store.cells().set_index("cell_id")
-    result = _score(cands, rows, budget_s, float(sel_table.get("tolerance", DEFAULT_TOLERANCE)),
-                    scenes=store.scenes() if baselines else None, baselines=baselines)
-    path = out or _next_version()
+    if criterion is not None:
+        from bench.criteria import choose
+
+        result = choose(cands, rows, criterion, budget_s)
+    else:
+        result = _score(cands, rows, budget_s, float(sel_table.get("tolerance", DEFAULT_TOLERANCE)),
+                        scenes=store.scenes() if baselines else None, baselines=baselines)
+    path = out or (runs / f"criterion-{criterion}.toml" if criterion is not None else _next_version())
     if path.exists():
         raise BenchError(f"{path} exists; selected-values files are versioned and never overwritten: choose another "
                          "--out (default: the next bench/selected/vN.toml)")
     doc = _document(path, grid, sel_table, tests, result, budget_s, command)
+    if criterion is not None:  # what chose; the rule and inert keys below do not apply to a label-free choice
+        doc = (f"# Label-free selection (bench/criteria.py): chosen by {criterion}, no label read.\n"
+               f"criterion = {_value(criterion)}\n") + doc
     from bench.cache import atomic_write
 
     atomic_write(path, lambda p: p.write_text(doc))
     for m, r in result.items():
         chosen = ", ".join(f"{k}={v}" for k, v in r["selected"].items())
-        console.print(f"{m}: {chosen} (mean mIoU {100 * r['score']:.1f} over {r['n_cells']} validation cells)"
+        shown = f"mean {criterion} {r['score']:.4g}" if criterion is not None else f"mean mIoU {100 * r['score']:.1f}"
+        console.print(f"{m}: {chosen} ({shown} over {r['n_cells']} validation cells)"
                       if chosen else f"{m}: {r['outcome']}; defaults kept" + (f" ({r['why']})" if r["why"] else ""))
     console.print(f"wrote {path}")
     return path

@@ -216,6 +216,7 @@ class Cell:
     provenance: dict | None = None  # ``hp``: values taken from a selection file (what, from, on, at)
     aliases: tuple = ()  # cells of other roles whose rows are reported from this cell's (bench.grid)
     alias_of: str = ""  # for such an alias: the id of the cell whose rows stand for it
+    holdout: tuple[str, ...] = ()  # open-set mode: classes held out of source training (bench.openset)
 
     # -- derived facts, each decided here once
     @property
@@ -234,10 +235,17 @@ class Cell:
     @property
     def target(self) -> str:
         """The target as one label: the dataset spec of a one-segment stream, else the segments joined by
-        '>' (by '+' where the order mixes them), with the protocol's order and probe in brackets."""
+        '>' (by '+' where the order mixes them), with the protocol's order and probe in brackets; a stream of
+        one domain throughout is written 'SPEC xN' (N segments), one that repeats a cycle of domains
+        '(A>B>C) xN' (``stream_period``)."""
         if len(self.stream) == 1:
             return self.stream[0].dataset + self.protocol.label()
         sep = ">" if self.protocol.order == "sequential" else "+"
+        names = [s.dataset for s in self.stream]
+        period = stream_period(names)
+        if period < len(names):  # one domain throughout (constant), or a cycle of domains that recurs
+            cycle = names[0] if period == 1 else "(" + sep.join(names[:period]) + ")"
+            return f"{cycle} x{len(names) // period}" + self.protocol.label()
         specs = [s.spec for s in self.stream]
         if len({(d.base, d.corruption) for d in specs}) == 1 and specs[0].corruption:  # a gradual stream
             return f"{specs[0].base}:{specs[0].corruption}@" + sep.join(str(d.severity) for d in specs) + \
@@ -277,17 +285,29 @@ class Cell:
         options, train-scene count, the *model* seed (not the stream's ``seed``: the seeds of a target
         adapt one model) and the model code version. A teacher-trained recipe lifts its teacher
         features with the default lifting (all views, the default depth tolerance), whatever the
-        cell's test-time ``views``/``lift_tol``, so those are not part of the model."""
+        cell's test-time ``views``/``lift_tol``, so those are not part of the model. Classes held out of
+        training (open-set mode, ``holdout``) enter as the key ``holdout`` only when there are any, so
+        every other model keeps its identity (and the shipped models their keys)."""
         from backbones.model import MODEL_CODE_VERSION
 
         teacher = None
         if self.recipe_teacher:
             teacher = {"name": self.teacher["name"], **_plain_cfg(self.teacher_cfg, drop=("device",))}
         data = self.training_data()
-        return {"backbone": self.backbone["name"], "backbone_cfg": _plain_cfg(self.backbone_cfg),
-                "features": list(self.features), "recipe": self.recipe, "train": _plain_cfg(self.recipe_cfg),
-                "kd": teacher, "mae": self.recipe_mae, "data": data, "data_options": self.data_options_for(data),
-                "n_train": self.train_scenes, "seed": self.model_seed, "code": MODEL_CODE_VERSION}
+        ident = {"backbone": self.backbone["name"], "backbone_cfg": _plain_cfg(self.backbone_cfg),
+                 "features": list(self.features), "recipe": self.recipe, "train": _plain_cfg(self.recipe_cfg),
+                 "kd": teacher, "mae": self.recipe_mae, "data": data, "data_options": self.data_options_for(data),
+                 "n_train": self.train_scenes, "seed": self.model_seed, "code": MODEL_CODE_VERSION}
+        if self.holdout:
+            ident["holdout"] = list(self.holdout)
+        return ident
+
+    @property
+    def holdout_ids(self) -> tuple[int, ...]:
+        """The class ids held out of source training (open-set mode; empty otherwise)."""
+        from bench.openset import class_ids
+
+        return class_ids(self.holdout)
 
     def model_key(self) -> str:
         """The one model key: the scheduler groups cells by it and the checkpoint cache names files by it."""
@@ -403,6 +423,25 @@ def stream_plain(stream: tuple[Segment, ...]) -> tuple[Any, int | None]:
     if len(stream) == 1 and stream[0].split == "test":
         return stream[0].dataset, stream[0].scenes
     return [s.to_dict() for s in stream], None
+
+
+def stream_period(datasets: list[str]) -> int:
+    """The shortest period p of a stream's segment dataset specs: the smallest p that divides their
+    number and repeats the first p throughout (1: one domain throughout, a constant-difficulty stream;
+    p < n: a recurring cycle of p domains); ``len(datasets)`` when nothing repeats."""
+    n = len(datasets)
+    return next(p for p in range(1, n + 1) if n % p == 0 and datasets == datasets[:p] * (n // p))
+
+
+def visits(datasets: list[str]) -> list[int]:
+    """Per segment, the how-many-th visit of its dataset spec it is (1 = first time the stream reads that
+    domain): the recurring scenario's per-visit numbering, segment k of a constant stream is visit k."""
+    seen: dict[str, int] = {}
+    out = []
+    for d in datasets:
+        seen[d] = seen.get(d, 0) + 1
+        out.append(seen[d])
+    return out
 
 
 def _count(v: Any, what: str, minimum: int = 0, zero: str | None = None) -> int:
@@ -564,6 +603,12 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
                 check_tol(settings.get("lift_tol", d.get("lift_tol", DEFAULTS["lift_tol"])), where))
     predict = check_predict(settings.get("predict", d.get("predict", DEFAULTS["predict"])), where)
     protocol = parse_protocol(d, settings, where)
+    from bench.openset import parse_holdout
+
+    holdout = parse_holdout(d.get("holdout_classes"), where)
+    if holdout and train_on != "source":
+        raise BenchError(f"{mwhere}: holdout_classes (open-set mode) hold classes out of *source* training; a model "
+                         "trained on the target (train_on = 'target') cannot be open-set: remove the Oracle row")
     hp = d.get("hp") or None
     cell = Cell(
         grid=str(d.get("grid", "")), label=str(d.get("label", d["method"])), method=d["method"], params=table,
@@ -576,7 +621,7 @@ def resolve(plain: dict, where: str = "cell") -> Cell:
         val_scenes=_count(d.get("val_scenes", DEFAULTS["val_scenes"]), f"{where}: val_scenes", zero="none"),
         lift=lift, predict=predict, data_options={k: dict(v) for k, v in data_options.items()}, data_cfgs=data_cfgs,
         plain={k: v for k, v in d.items() if k not in ("grid", "label", "cell_id")}, identity={}, cell_id="",
-        protocol=protocol, provenance=hp)
+        protocol=protocol, provenance=hp, holdout=holdout)
     identity = configuration(cell)
     return dataclasses.replace(cell, identity=identity, cell_id=stable_hash(identity))
 
@@ -629,4 +674,5 @@ def describe(cell: Cell) -> str:
     """A one-line human description of a cell (logs, dry runs)."""
     t = f" [{cell.teacher['name']}]" if cell.teacher else ""
     m = f"/m{cell.model_seed}" if cell.model_seed else ""
-    return f"{shown_name(cell)}{t} {cell.backbone['name']} {cell.source}->{cell.target} s{cell.seed}{m}"
+    o = f" open-set(-{','.join(cell.holdout)})" if cell.holdout else ""
+    return f"{shown_name(cell)}{t} {cell.backbone['name']} {cell.source}->{cell.target} s{cell.seed}{m}{o}"

@@ -10,7 +10,11 @@ Written under ``FOLDER/report/``: ``table_main`` (mIoU with the paired changes a
 and BN-Adapt, the not-significantly-worse group in bold, structure / object mIoU, ECE and mean
 ranks), ``table_cost``, ``table_cost_matched`` (rows compared within bands of adaptation time),
 ``table_stats`` (bootstrap intervals and paired tests against Source-Only and BN-Adapt), and every
-figure whose entry applies (a reliability diagram where the scenes carry calibration histograms).
+figure whose entry applies (a reliability diagram where the scenes carry calibration histograms);
+where the rows allow them, ``table_visits`` (per-visit mIoU of streams that revisit a domain: recurring,
+constant difficulty), ``table_shift_corruption`` and ``table_openset`` (open-set rows: known-class mIoU,
+unknown-point AUROC and FPR95) and ``table_label_free`` (labelled vs label-free selection), in
+``bench/report/scenarios.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from bench.report.figures import figures
 from bench.report.frame import Results, load
+from bench.report.scenarios import label_free_table, openset_table, shift_corruption_table, table_visits
 from bench.report.tables import (
     Table,
     column_stats,
@@ -49,7 +54,9 @@ def make_report(folder: Path) -> list[Path]:
     cs = column_stats(res)
     tables = {"table_main": main_table(res, cs), "table_cost": cost_table(res),
               "table_cost_matched": cost_matched_table(res, cs), "table_stats": stats_table(res, cs),
-              "table_modal": modal_table(res)}
+              "table_modal": modal_table(res), "table_visits": table_visits(res),
+              "table_shift_corruption": shift_corruption_table(res), "table_openset": openset_table(res),
+              "table_label_free": label_free_table(res)}
     written: list[Path] = []
     for name, table in tables.items():
         if table is not None:
