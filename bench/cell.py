@@ -277,6 +277,7 @@ def _run(cell: Cell) -> tuple[dict, list[dict]]:
             if held:
                 stats.update(_open_set(logits, scene.label, classes, held, unknown_pool))
             stats.update(_criteria(source_model, method.model, inp, logits, kd_kind, seg.dataset, name))
+            stats["n_same_source"] = _same_as_source(pred, stats.pop("_source_pred"), scene.label, classes)
             row = {"cell_id": cell.cell_id, "scene": scene_key(cell, k, name), "index": index, "segment": k,
                    "dataset": seg.dataset, "split": seg.split, "n_points": scene.num_points,
                    "miou": miou(conf, classes), "miou_3d": miou(conf, classes),
@@ -337,7 +338,19 @@ def _criteria(source_model, model, inp, logits: torch.Tensor, kd_kind: str | Non
     with torch.no_grad():
         source_logits = source_model(inp.batch)["seg"]
     kd = kd_loss(model, inp.batch, inp.teacher_feat, inp.teacher_mask, kd_kind) if kd_kind else float("nan")
-    return scene_criteria(logits, source_logits, scene_seed(dataset, name, logits.shape[0]), kd)
+    return {**scene_criteria(logits, source_logits, scene_seed(dataset, name, logits.shape[0]), kd),
+            "_source_pred": source_logits.argmax(1).cpu().numpy()}
+
+
+def _same_as_source(pred: np.ndarray, source_pred: np.ndarray, label: np.ndarray, classes) -> int:
+    """``n_same_source``: how many of the scene's scored points (the confusion matrix's: labelled, of a scored
+    class) the row predicts as the frozen source model (Source-Only) does; the report's inert rule reads it
+    (identical predictions on >= 95 % of the scored points, ``bench.stats.inert``)."""
+    label = np.asarray(label).reshape(-1)
+    keep = np.zeros(NUM_CLASSES, dtype=bool)
+    keep[list(classes)] = True
+    valid = (label >= 0) & keep[np.clip(label, 0, NUM_CLASSES - 1)]
+    return int((np.asarray(pred).reshape(-1)[valid] == np.asarray(source_pred).reshape(-1)[valid]).sum())
 
 
 def _open_set(logits: torch.Tensor, label: np.ndarray, known: tuple[int, ...], held: tuple[int, ...],

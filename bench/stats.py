@@ -429,8 +429,9 @@ def inert(a: np.ndarray, b: np.ndarray, design: Design | None = None, same: np.n
        lies within (-margin, +margin), margin = 0.1 mIoU points;
     2. identical predictions on at least ``agree_share`` (95 %) of the scored points, pooled over the
        scenes: ``same`` = per scene the number of scored points whose prediction equals the
-       reference's, ``scored`` = per scene the number of scored points (needs a per-scene column that
-       the results store does not hold yet; without it only rule 1 decides).
+       reference's, ``scored`` = per scene the number of scored points (the scene column
+       ``n_same_source`` against Source-Only; none is recorded against BN-Adapt, and rows written before
+       that column existed have none: then only rule 1 decides).
 
     ``a``, ``b``: per-scene mIoU of the row and of its reference on the same units (NaN pairs left
     out). Without a finite pair nothing is known: not inert."""

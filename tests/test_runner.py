@@ -656,3 +656,19 @@ def test_status_of_a_finished_run(tmp_path, grid_file):
     assert "ended" in text and text.count("error: Flaky") == 2 and "RuntimeError: boom" in text
     with pytest.raises(BenchError, match="no such run folder"):
         run_status(tmp_path / "nope")
+
+
+def test_scene_rows_count_the_points_predicted_as_source_only(tmp_path, grid_file):
+    """``n_same_source`` (read by the report's inert rule): every scored point for Source-Only itself, fewer
+    for a BN-Adapt row that moves predictions, never more than the scored points (the confusion's total)."""
+    out = tmp_path / "res"
+    run_grid(load_grid(str(grid_file)), out, only=["method=source,bn_adapt", "source=tiny-a", "target=tiny-b"])
+    cells = pd.read_parquet(out / "cells.parquet").set_index("cell_id")
+    scenes = pd.read_parquet(out / "scenes.parquet")
+    scored = scenes["conf"].map(lambda c: int(np.sum(c)))
+    assert (scenes["n_same_source"] <= scored).all()
+    label = scenes["cell_id"].map(cells["label"])
+    src = label == "Source-Only"
+    assert src.any() and (scenes.loc[src, "n_same_source"] == scored[src]).all()
+    bn = label.str.startswith("BN-Adapt") & (scenes["cell_id"].map(cells["params"]).str.contains("0.0"))
+    assert bn.any() and (scenes.loc[bn, "n_same_source"] < scored[bn]).any()
