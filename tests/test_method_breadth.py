@@ -336,7 +336,7 @@ def test_deyo_matches_reference():
         hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod) if mod not in order else None)
                  for m in model.backbone.modules() if isinstance(m, BN)]
         with torch.no_grad():
-            model.backbone(make_batch([SCENES[0]], FEATURES))
+            model.backbone(_batch(0))  # in the test's dtype
         for h in hooks:
             h.remove()
         assert len(order) == sum(isinstance(m, BN) for m in model.backbone.modules())
