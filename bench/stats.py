@@ -102,6 +102,13 @@ def _draw(rng: np.random.Generator, n_boot: int, n: int) -> np.ndarray:
     return np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
 
 
+def _add_model(num: np.ndarray, den: np.ndarray, mean_m: np.ndarray, have: np.ndarray, w: np.ndarray) -> None:
+    """Add one model seed's mean (where it has values) with its bootstrap weight ``w`` to the running
+    weighted sum ``num`` and weight ``den`` (in place): the mean over model seeds of both estimates."""
+    num += np.where(have, w * np.where(have, mean_m, 0.0), 0.0)
+    den += np.where(have, w, 0.0)
+
+
 @dataclass(frozen=True)
 class Design:
     """The independence structure of U per-scene units: per unit the index of its model seed, of its
@@ -215,10 +222,7 @@ class Design:
             s0 = w_unit[:, idx] @ ok[idx].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean_m = s1 / s0
-            have = s0 > 0
-            wm = w_model[:, m:m + 1]
-            num += np.where(have, wm * np.where(have, mean_m, 0.0), 0.0)
-            den += np.where(have, wm, 0.0)
+            _add_model(num, den, mean_m, s0 > 0, w_model[:, m:m + 1])
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.where(den > 0, num / np.maximum(den, 1e-300), np.nan)
         out = out[0] if point else out
@@ -250,10 +254,7 @@ class Design:
                     cnt += np.isfinite(v)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     mean_m = acc / cnt
-                have = cnt > 0
-                w = wm[:, m:m + 1]
-                num += np.where(have, w * np.where(have, mean_m, 0.0), 0.0)
-                den += np.where(have, w, 0.0)
+                _add_model(num, den, mean_m, cnt > 0, wm[:, m:m + 1])
             with np.errstate(invalid="ignore", divide="ignore"):
                 out.append(np.where(den > 0, num / np.maximum(den, 1e-300), np.nan))
         res = np.concatenate(out)
