@@ -344,7 +344,8 @@ def _criteria(source_model, model, inp, logits: torch.Tensor, kd_kind: str | Non
 
 def _same_as_source(pred: np.ndarray, source_pred: np.ndarray, label: np.ndarray, classes) -> int:
     """``n_same_source``: how many of the scene's scored points (the confusion matrix's: labelled, of a scored
-    class) the row predicts as the frozen source model (Source-Only) does; the report's inert rule reads it
+    class) the row predicts as the cell's model did before adapting (a frozen copy: Source-Only's model for the
+    plain recipe, the joint model for TTT-KD / TTT-MAE) does; the report's inert rule reads it
     (identical predictions on >= 95 % of the scored points, ``bench.stats.inert``)."""
     label = np.asarray(label).reshape(-1)
     keep = np.zeros(NUM_CLASSES, dtype=bool)

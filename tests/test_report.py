@@ -406,6 +406,23 @@ def test_a_row_made_inert_on_purpose_is_named_in_every_table_and_not_ranked(tmp_
     assert "Stuck" not in matched.split("\n\n")[0] and "Working" in matched  # not ranked in a band either
 
 
+def test_an_adaptation_that_changes_nothing_is_named_against_its_own_model():
+    """TTT-MAE adapting the joint-mae model without changing a prediction (n_same_source = every scored
+    point) is inert "as its un-adapted model (recipe joint-mae)", though its mIoU is far below
+    Source-Only's (the recipe's loss, not the adaptation's); a row that moves its predictions is not."""
+    rows = [BASE, BN, row("MAE", "ttt_mae", 0.4, recipe="joint-mae", noise=0.01),
+            row("Moves", "tent", 0.45, noise=0.01)]
+    cells, scenes = fake(rows, seeds=(0, 1), scenes=10)
+    scored = scenes["conf"].map(lambda c: float(np.sum(c)))
+    mae = scenes["cell_id"].str.startswith("MAE|")
+    scenes["n_same_source"] = np.where(mae, scored, np.floor(0.5 * scored))
+    res = Results.from_frames(cells, scenes)
+    assert res.inert == {"MAE"}
+    assert res.inert_detail["MAE"] == ("its un-adapted model (recipe joint-mae)", "identical predictions")
+    assert "MAE (as its un-adapted model (recipe joint-mae): identical predictions)" in \
+        main_table(res, column_stats(res, n_boot=50)).caption
+
+
 def test_change_against_bn_adapt_beside_the_change_against_source_only():
     rows = [BASE, BN, row("Beyond", "ttt_kd", lambda s, t, seed: 0.65), row("Same", "tent", 0.6, noise=0.002)]
     res = results(rows, seeds=(0, 1), scenes=10)

@@ -373,7 +373,10 @@ class Results:
     def inert_detail(self) -> dict[str, tuple[str, str]]:
         """Inert rows: row -> (reference row, rule that held). A row is inert against a reference when
         ``bench.stats.inert`` holds in every column where both have per-scene rows (at least one);
-        references: Source-Only, then BN-Adapt (never the row itself)."""
+        references: Source-Only, then BN-Adapt (never the row itself). The identical-predictions rule
+        counts against the cell's own model before adaptation (``n_same_source``), which is Source-Only's
+        model for the plain recipe and the joint model for a joint recipe (TTT-KD, TTT-MAE): the
+        reference is then named "its un-adapted model"."""
         out: dict[str, tuple[str, str]] = {}
         if self.scenes.empty:
             return out
@@ -391,9 +394,19 @@ class Results:
                     refs = self.cells.loc[self.cells["row"] == r, f"{ref}_cell"].dropna()
                     rows = dict(zip(self.cells["cell_id"], self.cells["row"]))
                     ref_row = str(rows[refs.iloc[0]]) if len(refs) else names[ref]
-                    out[r] = (ref_row, sorted({v.reason for v in verdicts})[0])
+                    why = sorted({v.reason for v in verdicts})[0]
+                    if why == "identical predictions":  # n_same_source counts against the cell's own model
+                        ref_row = "its un-adapted model" + self._own_model(r)
+                    out[r] = (ref_row, why)
                     break
         return out
+
+    def _own_model(self, row: str) -> str:
+        """" (recipe R)" where the row adapts another model than Source-Only's (a joint recipe), else ""."""
+        recipes = set(self.cells.loc[self.cells["row"] == row, "recipe"].astype(str)) if "recipe" in self.cells \
+            else set()
+        recipes.discard("source")
+        return f" (recipe {', '.join(sorted(recipes))})" if recipes else ""
 
     @cached_property
     def inert(self) -> set[str]:

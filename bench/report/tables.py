@@ -214,9 +214,10 @@ def _inert_text(res: Results) -> str:
     if not res.inert:
         return ""
     listed = "; ".join(f"{r} (as {ref}: {why})" for r, (ref, why) in sorted(res.inert_detail.items()))
-    return (f" Rows marked '({INERT_TEXT})' are indistinguishable from Source-Only or BN-Adapt in "
-            "every column (paired per-scene mIoU equivalent within ±0.1 points: the 90% bootstrap interval of the "
-            "mean difference inside it, or identical predictions on ≥ 95% of scored points): " + listed + ".")
+    return (f" Rows marked '({INERT_TEXT})' are, in every column, indistinguishable from Source-Only or BN-Adapt "
+            "(paired per-scene mIoU equivalent within ±0.1 points: the 90% bootstrap interval of the mean difference "
+            "inside it) or predict what their own model predicted before adapting on ≥ 95% of scored points (for a "
+            "joint recipe that model is the joint one, not Source-Only's): " + listed + ".")
 
 
 def main_table(res: Results, cs: ColumnStats | None = None) -> Table:
