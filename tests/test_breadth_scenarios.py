@@ -174,6 +174,12 @@ def test_shift_corruption_table_interaction():
     # seeds add 0.01 to every mean: 0.31 - (0.51 + 0.61 - 0.71) = -0.10
     assert line[2:] == ["71.0", "51.0", "61.0", "31.0", "-10.0"]
     assert shift_corruption_table(Results.from_frames(pd.DataFrame(rows[:4]))) is None
+    # a stream's column (recurring, continual) is not one dataset: it is no quadruple and no error
+    stream = [_cell(f"r{s}", "Source-Only", "source", "(synth-s3dis>synth-scannet:color_shift@3) x3", 0.4, s)
+              for s in (0, 1)]
+    res = Results.from_frames(pd.DataFrame(rows + stream))
+    assert len(shift_corruption_cols(res)) == 1 and shift_corruption_table(res) is not None
+    assert shift_corruption_table(Results.from_frames(pd.DataFrame(stream))) is None
 
 
 @pytest.mark.parametrize("name", ["recurring", "constant", "shift_corruption"])

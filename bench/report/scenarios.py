@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.datasets import DatasetSpec
+from bench.errors import BenchError
 from bench.report.figures import _legend, _panels, _slug, figure, stream_styles
 from bench.report.frame import Results
 from bench.report.tables import Table, pct, short
@@ -111,7 +112,10 @@ def shift_corruption_cols(res: Results) -> list[dict[str, tuple[str, str]]]:
     cols = set(res.columns)
     out = []
     for src, tgt in sorted(cols):
-        t, s = DatasetSpec.parse(tgt), DatasetSpec.parse(src)
+        try:
+            t, s = DatasetSpec.parse(tgt), DatasetSpec.parse(src)
+        except BenchError:  # a stream's column ("(A>B>C) x3", "A>B", ...) is not one dataset: no quadruple
+            continue
         if not t.corruption or t.base == s.base:
             continue
         corr = tgt[len(t.base):]  # ":c@s" as written
