@@ -21,6 +21,21 @@ parameters keeps the empty default. Keep spaces small (the selection crosses the
 candidate on every validation cell, on 2 CPU cores): three learning rates, two or three step
 counts. A subclass config inherits its parent's space; redeclare it where the defaults differ.
 
+Test parameters: a config may declare, as a class variable beside ``SEARCH``, the parameters at which the
+registry-driven contract tests (``tests/test_contracts.py``) run the method on a tiny untrained model and two
+small scenes::
+
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"e_margin": 10.0}
+
+They must make the method move visibly there (a confidence filter that rejects every point of an untrained
+model's near-uniform predictions keeps the weights in place; open it) or make it cheaper with the same code
+path (fewer augmented copies, fewer fitting epochs). The tests then check, for every registered method, that
+it adapts (after two scenes it predicts otherwise than the source model, and where it declares parameters at
+least one moved), that only declared parameters move, that ``reset()`` restores the model, the optimizer and
+the method's own state bit for bit, and that online mode carries state. A method without ``TEST_PARAMS`` is
+tested at its defaults. Every key is a field of the config and every value passes its check; a subclass
+config inherits its parent's.
+
 Valid values: a config also declares the range or choices of each parameter in ``CHECKS``
 (``bench.params``), checked whenever the config is built, so a grid with ``steps = -3`` or
 ``optimizer = "adamw"`` fails before any work starts. Declare every numeric parameter with a bound the
@@ -68,6 +83,7 @@ class Needs:
 @dataclass
 class MethodConfig(Checked):
     SEARCH: ClassVar[dict[str, tuple]] = {}  # candidates for `bench select` (see the module docstring)
+    TEST_PARAMS: ClassVar[dict[str, object]] = {}  # parameters of the contract tests (see the module docstring)
     CHECKS: ClassVar[dict[str, Check]] = {"lr": POSITIVE, "optimizer": one_of("adam", "sgd")}
     episodic: bool = True  # reset to the source model before every scene
     lr: float = 1e-3

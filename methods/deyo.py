@@ -60,6 +60,8 @@ from methods.sar import norm_params_below_top
 
 @dataclass
 class DeYOConfig(MethodConfig):
+    # untrained tiny model: open the entropy filter, keep the points whose prediction shuffling changes at all
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"deyo_margin": 10.0, "plpd_threshold": 0.0}
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-4, 1e-3, 1e-2), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {
         "steps": AT_LEAST_0, "deyo_margin": AT_LEAST_0, "margin_e0": AT_LEAST_0, "plpd_threshold": Range(-1, 1),

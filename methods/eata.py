@@ -66,6 +66,9 @@ from methods.registry import METHODS
 
 @dataclass
 class EATAConfig(MethodConfig):
+    # an untrained tiny model has no confident point: open the entropy filter (the redundancy filter stays, so
+    # the moving average of the kept predictions decides whether the second scene steps)
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"e_margin": 10.0}
     # sized for SGD (momentum 0.9), the official optimizer: learning rates up to 1
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1, 1.0), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {

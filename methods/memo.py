@@ -40,6 +40,7 @@ from methods.registry import METHODS
 
 @dataclass
 class MEMOConfig(MethodConfig):
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"n_aug": 2}  # 2 augmented copies: same code, a quarter of the cost
     # SGD: the official 2.5e-4 and three ten-fold steps up (bench select leaves diverging ones out)
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (2.5e-4, 2.5e-3, 2.5e-2, 2.5e-1), "steps": (1, 2)}
     CHECKS: ClassVar[dict[str, Check]] = {"steps": AT_LEAST_0, "n_aug": AT_LEAST_1, "bn": one_of("test", "source")}

@@ -54,6 +54,7 @@ from methods.registry import METHODS
 
 @dataclass
 class SARConfig(MethodConfig):
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"e_margin": 10.0}  # untrained tiny model: open the entropy filter
     # SGD (momentum 0.9): learning rates up to 1, where Adam-sized ones leave the weights in place
     SEARCH: ClassVar[dict[str, tuple]] = {"lr": (1e-3, 1e-2, 1e-1, 1.0), "steps": (1, 3)}
     CHECKS: ClassVar[dict[str, Check]] = {

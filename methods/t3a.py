@@ -40,6 +40,7 @@ from methods.registry import METHODS
 
 @dataclass
 class T3AConfig(MethodConfig):
+    TEST_PARAMS: ClassVar[dict[str, object]] = {"filter_k": 4}  # the support filter drops supports on a tiny scene
     CHECKS: ClassVar[dict[str, Check]] = {"filter_k": Either((one_of(-1), AT_LEAST_1))}
     episodic: bool = False  # the support set grows over the stream
     filter_k: int = 100  # supports kept per class (lowest entropy); -1 keeps all

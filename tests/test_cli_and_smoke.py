@@ -12,6 +12,7 @@ from cli_inprocess import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = Path(__file__).parent / "smoke_expected.json"
+CLI_GRID = Path(__file__).parent / "grids" / "cli.toml"  # a fixture grid (tests/grids/README.md)
 
 
 def bench_process(*args):
@@ -31,16 +32,16 @@ def test_list_prints_every_registry():
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--grid", "nope"], "grid 'nope' not found"),
-    (["run", "--grid", "smoke", "--only", "methodtent"], "must be KEY=VALUE"),
+    (["run", "--grid", CLI_GRID, "--only", "methodtent"], "must be KEY=VALUE"),
     (["report", "--results", "/nonexistent/x"], "no results"),
     (["show", "synth-scannet"], "must be DATASET/SCENE"),
     (["show", "nodata/test_0000"], "unknown dataset 'nodata'"),
     (["show", "synth-scannet/tset_0000"], "has no scene 'tset_0000' (nearest: test_0000"),
-    (["run", "--grid", "smoke", "--only", "method=foo"], "matches none of the grid's 12 cells"),
-    (["run", "--grid", "smoke", "--teacher-weights", "dinov2=random-init"],
+    (["run", "--grid", CLI_GRID, "--only", "method=foo"], "matches none of the grid's 8 cells"),
+    (["run", "--grid", CLI_GRID, "--teacher-weights", "dinov2=random-init"],
      "no cell of this grid uses teacher 'dinov2'"),
-    (["run", "--grid", "smoke", "--teacher-weights", "synth2d=/nonexistent.pth"], "/nonexistent.pth: no such file"),
-    (["run", "--grid", "smoke", "--data-root", "scannet"], "must be NAME=PATH"),
+    (["run", "--grid", CLI_GRID, "--teacher-weights", "synth2d=/nonexistent.pth"], "/nonexistent.pth: no such file"),
+    (["run", "--grid", CLI_GRID, "--data-root", "scannet"], "must be NAME=PATH"),
     (["compare", "/nonexistent/run"], "no results"),
 ])
 def test_user_errors_are_clear_and_have_no_traceback(args, message):
@@ -51,12 +52,12 @@ def test_user_errors_are_clear_and_have_no_traceback(args, message):
 
 def test_only_matching_nothing_creates_no_folder(tmp_path):
     out = tmp_path / "out"
-    r = bench("run", "--grid", "smoke", "--only", "method=foo", "--out", str(out))
+    r = bench("run", "--grid", CLI_GRID, "--only", "method=foo", "--out", str(out))
     assert r.returncode == 2 and not out.exists()
 
 
 def test_grid_mistakes_are_reported_before_any_work(tmp_path):
-    grid = (ROOT / "bench" / "grids" / "smoke.toml").read_text()
+    grid = CLI_GRID.read_text()
     bad = grid.replace("steps = 3", 'steps = "five"').replace("test_scenes = 3", "test_scenes = -3")
     p = tmp_path / "bad.toml"
     p.write_text(bad)
@@ -77,9 +78,9 @@ def test_missing_data_root_is_one_message_before_the_run(tmp_path, monkeypatch):
 
 
 def test_dry_run_lists_cells():
-    r = bench("run", "--grid", "id_ood", "--dry-run", "--only", "method=ttt_kd")
+    r = bench("run", "--grid", CLI_GRID, "--dry-run", "--only", "method=ttt_kd")
     assert r.returncode == 0
-    assert "27 cells" in r.stdout and "synth-s3dis->synth-matterport" in r.stdout
+    assert "2 cells" in r.stdout and "synth-scannet->synth-s3dis" in r.stdout
 
 
 def test_show_writes_a_picture(tmp_path):

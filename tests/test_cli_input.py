@@ -1,6 +1,7 @@
 """Bad command-line and grid input: one clear message before any work, exit status 2, nothing written."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,14 @@ import numpy as np
 import pytest
 
 from bench.errors import BenchError
-from bench.grid import GRID_DIR, Overrides, load_grid
+from bench.grid import Overrides, load_grid
 from bench.only import same_value
+from methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = (GRID_DIR / "smoke.toml").read_text()
+GRIDS = Path(__file__).parent / "grids"  # fixture grids (tests/grids/README.md)
+CLI_GRID = str(GRIDS / "cli.toml")
+CLI = (GRIDS / "cli.toml").read_text()
 
 
 def bench(*args, cwd=None):
@@ -51,7 +55,7 @@ def _grid(tmp_path, text, name="g.toml"):
 # 1 -- devices this machine does not have
 def test_a_missing_cuda_device_is_one_message_before_the_run(tmp_path):
     out = tmp_path / "out"
-    r = bench("run", "--grid", "smoke", "--device", "cuda:99", "--out", str(out))
+    r = bench("run", "--grid", CLI_GRID, "--device", "cuda:99", "--out", str(out))
     text = refused(r, "device 'cuda:99'", "--device cpu")
     assert text.count("cuda:99") == 1 and " problems" not in text and not out.exists()
 
@@ -90,7 +94,7 @@ def test_profile_refuses_a_voxel_size_that_is_not_positive():
      "[data_options.synth-s3dis]: dataset 'synth-s3dis' has no parameter 'sed'"),
 ])
 def test_grid_level_problems_are_reported_once(tmp_path, change, message):
-    p = _grid(tmp_path, SMOKE.replace(*change))
+    p = _grid(tmp_path, CLI.replace(*change))
     with pytest.raises(BenchError) as e:
         load_grid(str(p))
     msg = str(e.value)
@@ -98,7 +102,7 @@ def test_grid_level_problems_are_reported_once(tmp_path, change, message):
 
 
 def test_device_override_typo_is_reported_once():
-    text = refused(bench("run", "--grid", "id_ood", "--device", "gpu", "--dry-run"),
+    text = refused(bench("run", "--grid", CLI_GRID, "--device", "gpu", "--dry-run"),
                    "--device 'gpu' must be 'cpu', 'cuda' or 'cuda:N'")
     assert text.count("'gpu'") == 1 and " problems" not in text
 
@@ -107,49 +111,53 @@ def test_device_override_typo_is_reported_once():
 def test_teacher_weights_may_be_a_folder(tmp_path):
     from teachers.synth2d import WEIGHTS, Synth2DConfig
 
-    g = load_grid("smoke", Overrides(teacher_weights={"synth2d": str(tmp_path)}, only=["method=ttt_kd"]))
+    g = load_grid(CLI_GRID, Overrides(teacher_weights={"synth2d": str(tmp_path)}, only=["method=ttt_kd"]))
     assert g.cells[0].teacher["weights"] == str(tmp_path)
     with pytest.raises(BenchError, match=f"folder {tmp_path} holds no synth2d.pt"):
         Synth2DConfig(weights=str(tmp_path)).weights_file()
     (tmp_path / "synth2d.pt").symlink_to(WEIGHTS)
     assert Synth2DConfig(weights=str(tmp_path)).weights_file() == tmp_path / "synth2d.pt"
     with pytest.raises(BenchError, match="synth2d=/nonexistent: no such file or folder"):
-        load_grid("smoke", Overrides(teacher_weights={"synth2d": "/nonexistent"}))
+        load_grid(CLI_GRID, Overrides(teacher_weights={"synth2d": "/nonexistent"}))
 
 
 # 4, 5 -- --only compares numbers as numbers and knows every cell setting
 def test_only_compares_numbers_numerically_and_lists_the_values_present():
-    # selected = none: the grid's listed values, not those bench/selected/v1.toml puts in their place
-    text = load_grid("id_ood", Overrides(only=["lr=0.0001"], selected="none")).cells
-    numeric = load_grid("id_ood", Overrides(only=["lr=1e-4"], selected="none")).cells
-    assert numeric and [c.cell_id for c in numeric] == [c.cell_id for c in text]
-    # 378 cells less the 9 Oracle cells on the diagonal (reported from the Source-Only cells, bench.grid)
-    with pytest.raises(BenchError, match=r"--only lr=1e-7 matches none of the grid's 369 cells: lr is one of "
-                                         r"0\.0001, 0\.0002, 0\.00025, 0\.001"):
-        load_grid("id_ood", Overrides(only=["lr=1e-7"], selected="none"))
-    with pytest.raises(BenchError, match=r"method is one of .*bn_adapt.*ttt_kd"):
-        load_grid("id_ood", Overrides(only=["method=tnet"]))
+    grid = str(GRIDS / "filters.toml")
+    text = load_grid(grid, Overrides(only=["lr=0.0001"])).cells
+    numeric = load_grid(grid, Overrides(only=["lr=1e-4"])).cells
+    assert len(numeric) == 2 and [c.cell_id for c in numeric] == [c.cell_id for c in text]
+    # 10 cells less the Oracle on the diagonal (reported from the Source-Only cell, bench.grid); the
+    # Source-Only rows' lr is their method's default
+    default = METHODS.get("source").config().lr
+    values = ", ".join(f"{v:g}" for v in sorted({1e-4, 1e-3, 2.5e-4, default}))
+    with pytest.raises(BenchError, match=r"--only lr=1e-7 matches none of the grid's 9 cells: lr is one of "
+                                         + re.escape(values)):
+        load_grid(grid, Overrides(only=["lr=1e-7"]))
+    with pytest.raises(BenchError, match=r"method is one of source, tent, ttt_kd"):
+        load_grid(grid, Overrides(only=["method=tnet"]))
     assert same_value(True, "true") and same_value(False, "0") and not same_value(True, "false")
     assert same_value(3, "3.0") and same_value(1e-4, "0.0001") and not same_value(3, "three")
     assert same_value("all", "all") and same_value(None, "none") and not same_value("1e-4", "0.0001")
 
 
 def test_only_accepts_every_cell_setting_a_grid_varies():
-    g = load_grid("continual", Overrides(only=["reset_every=6"]))  # one row, 3 seeds
-    assert len(g.cells) == 3 and all(c.protocol.reset_every == 6 for c in g.cells)
-    assert len(load_grid("continual", Overrides(only=["probe_every=3", "order=sequential"])).cells) == 30
-    assert len(load_grid("continual", Overrides(only=["method=tent", "reset_every=0", "seed=0"])).cells) == 1
+    grid = str(GRIDS / "stream.toml")
+    g = load_grid(grid, Overrides(only=["reset_every=2"]))  # one row, 2 seeds
+    assert len(g.cells) == 2 and all(c.protocol.reset_every == 2 for c in g.cells)
+    assert len(load_grid(grid, Overrides(only=["probe_every=3", "order=sequential"])).cells) == 6
+    assert len(load_grid(grid, Overrides(only=["method=tent", "reset_every=0", "seed=0"])).cells) == 1
     with pytest.raises(BenchError, match=r"unknown key 'reset_evry' \(did you mean 'reset_every'\?\)"):
-        load_grid("continual", Overrides(only=["reset_evry=6"]))
+        load_grid(grid, Overrides(only=["reset_evry=6"]))
 
 
 # 6 -- a file where a folder belongs
 def test_out_or_cache_dir_that_is_a_file(tmp_path):
     f = tmp_path / "afile"
     f.write_text("keep")
-    refused(bench("run", "--grid", "smoke", "--only", "method=source", "--out", str(f)),
+    refused(bench("run", "--grid", CLI_GRID, "--only", "method=source", "--out", str(f)),
             f"{f} is a file, not a folder")
-    refused(bench("--cache-dir", str(f), "run", "--grid", "smoke", "--dry-run"),
+    refused(bench("--cache-dir", str(f), "run", "--grid", CLI_GRID, "--dry-run"),
             f"cache folder {f} (--cache-dir): {f} is a file, not a folder")
     assert f.read_text() == "keep"
 
@@ -178,10 +186,10 @@ def test_world_refuses_a_real_dataset_before_measuring():
 
 # 8 -- output piped into a file is neither wrapped nor cut
 def test_piped_output_is_not_wrapped_or_truncated():
-    r = bench_process("run", "--grid", "continual", "--dry-run")
+    r = bench_process("run", "--grid", str(GRIDS / "stream.toml"), "--dry-run")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 31 and lines[-1] == "30 cells"  # 10 rows x 3 seeds
+    assert len(lines) == 7 and lines[-1] == "6 cells"  # 3 rows x 2 seeds
     assert all("synth-scannet->synth-s3dis>synth-matterport>synth-scannet" in line for line in lines[:-1])
     ref = str(ROOT / "results" / "reference" / "continual")
     r = bench_process("compare", ref, ref)
@@ -206,10 +214,10 @@ def test_report_finds_the_package_references_from_another_folder(tmp_path, monke
 # 10 -- test_scenes = 0 means "every scene" only for real datasets
 def test_zero_test_scenes_on_a_synthetic_dataset_is_refused_at_load(tmp_path):
     with pytest.raises(BenchError) as e:
-        load_grid(str(_grid(tmp_path, SMOKE.replace("test_scenes = 3", "test_scenes = 0"))))
+        load_grid(str(_grid(tmp_path, CLI.replace("test_scenes = 3", "test_scenes = 0"))))
     msg = str(e.value)
     assert msg.count("test_scenes = 0") == 1 and "synth-scannet, synth-s3dis" in msg and "set test_scenes = N" in msg
-    stream = SMOKE.replace('pairs = ["synth-scannet->synth-scannet", "synth-scannet->synth-s3dis"]', "pairs = []")
+    stream = CLI.replace('pairs = ["synth-scannet->synth-scannet", "synth-scannet->synth-s3dis"]', "pairs = []")
     stream += '\n[[streams]]\nsource = "synth-scannet"\ntarget = [{ dataset = "synth-s3dis", scenes = 0 }]\n'
 
     with pytest.raises(BenchError, match=r"segment 1 \(synth-s3dis\) has scenes = 0"):
@@ -233,22 +241,22 @@ def test_world_checks_results_before_measuring(tmp_path, monkeypatch):
 
 # 12 -- issue 29: options that would be silently ignored, --only alternatives, lr = inf
 def test_address_without_ray_is_refused():
-    for cmd in (["run", "--grid", "smoke", "--dry-run"], ["select", "--dry-run"]):
+    for cmd in (["run", "--grid", CLI_GRID, "--dry-run"], ["select", "--dry-run"]):
         refused(bench(*cmd, "--address", "auto"), "--address auto names a Ray cluster, which only --executor ray uses",
                 "add --executor ray")
 
 
 def test_only_filters_on_one_key_are_alternatives():
     def methods(only):
-        return sorted({c.method for c in load_grid("smoke", Overrides(only=only)).cells})
+        return sorted({c.method for c in load_grid(CLI_GRID, Overrides(only=only)).cells})
 
     assert methods(["method=tent,bn_adapt"]) == methods(["method=tent", "method=bn_adapt"]) == ["bn_adapt", "tent"]
-    assert len(load_grid("smoke", Overrides(only=["method=tent,bn_adapt", "target=synth-s3dis"])).cells) == 2
-    with pytest.raises(BenchError, match=r"matches none of the grid's 12 cells: target is one of synth-s3dis, "
+    assert len(load_grid(CLI_GRID, Overrides(only=["method=tent,bn_adapt", "target=synth-s3dis"])).cells) == 2
+    with pytest.raises(BenchError, match=r"matches none of the grid's 8 cells: target is one of synth-s3dis, "
                                          r"synth-scannet among the cells that match method=tent"):
-        load_grid("smoke", Overrides(only=["method=tent", "target=nope"]))
+        load_grid(CLI_GRID, Overrides(only=["method=tent", "target=nope"]))
 
 
 def test_infinite_learning_rate_is_refused(tmp_path):
-    p = _grid(tmp_path, SMOKE.replace('name = "tent"\nlabel = "TENT"', 'name = "tent"\nlabel = "TENT"\nlr = inf'))
+    p = _grid(tmp_path, CLI.replace('name = "tent"\nlabel = "TENT"', 'name = "tent"\nlabel = "TENT"\nlr = inf'))
     refused(bench("run", "--grid", str(p), "--dry-run"), "parameter 'lr' = inf must be a finite number, > 0")

@@ -19,6 +19,7 @@ from bench.data.corrupt import CORRUPTIONS
 from bench.data.datasets import CorruptedDataset, Dataset
 from bench.errors import BenchError
 from bench.registry import load_all, make_config
+from bench.roles import role
 from methods import METHODS
 from methods.base import BN, Needs, SceneInput
 from teachers import TEACHERS
@@ -109,11 +110,18 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _test_params(name: str) -> dict:
+    """The parameters a method declares for these tests (``TEST_PARAMS`` on its config, see ``methods/base.py``);
+    a method that declares none is tested with its defaults."""
+    return dict(getattr(METHODS.get(name).config, "TEST_PARAMS", None) or {})
+
+
 def _build(name, episodic: bool | None = None):
+    """A tiny source model and the method on it, at the method's test parameters."""
     entry = METHODS.get(name)
     needs = getattr(entry.factory, "needs", Needs())
     assert isinstance(needs, Needs), f"method '{name}' must declare needs = Needs(...)"
-    params = {} if episodic is None else {"episodic": episodic}
+    params = _test_params(name) | ({} if episodic is None else {"episodic": episodic})
     model = _model_for(needs)
     return model, entry.factory(cfg=make_config(entry, params, "method"), model=model), needs
 
@@ -127,23 +135,64 @@ def _prepared(method, needs, scenes):
         method.prepare(inputs)
 
 
+def _bn_attrs(model) -> list[tuple]:
+    return [(m.training, m.momentum, m.track_running_stats) for m in model.modules() if isinstance(m, BN)]
+
+
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_reset_restores_bit_identical_state(scenes, name):
-    """After adapt + reset, weights, buffers and optimizer state are the source ones, and adapting
-    again gives bit-identical predictions (so the method's own state is reset too)."""
+def test_method_adapts_and_reset_restores_bit_identical_state(scenes, name):
+    """Every registered method, at its ``TEST_PARAMS`` (its defaults where it declares none):
+
+    - building it and ``prepare`` leave the model alone;
+    - it adapts: after two scenes it no longer predicts what the source model predicts (the Source-Only
+      baseline predicts exactly that), and where it declares parameters, at least one of them moved;
+    - ``reset`` restores every weight and buffer, the BN modes and momenta and the optimizer state, and the
+      method's own state (teacher copies, memory banks, supports, moving averages): it predicts as before
+      adapting, and adapting on the same two scenes again gives bit-identical predictions and model state.
+    """
     model, method, needs = _build(name)
+    source = _model_for(needs)  # the same source model, untouched by any method
+    with torch.no_grad():
+        source_out = source(_input(scenes[0], 0).batch)["seg"]
     _prepared(method, needs, scenes)
-    source = _state(model)
+    initial = _state(model)
+    assert initial.keys() == source.state_dict().keys() and \
+        all(torch.equal(v, initial[k]) for k, v in source.state_dict().items()), \
+        f"{name}: building the method or prepare() moved the model"
+    bn0 = _bn_attrs(model)
     opt0 = copy.deepcopy(method.optimizer.state_dict()) if method.optimizer else None
-    method.adapt(_input(scenes[0], 0))
-    first = method.predict(_input(scenes[0], 0)).clone()
+    declared0 = [p.detach().clone() for p in method.params]
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        fresh = method.predict(_input(scenes[0], 0)).clone()
+        for i in (0, 1):
+            method.adapt(_input(scenes[i], i))
+        return fresh, method.predict(_input(scenes[0], 0)).clone(), method.predict(_input(scenes[1], 1)).clone()
+
+    fresh, out0, out1 = run()
+    adapted = _state(model)
+    if role(name, needs.recipe, "source", None) == "baseline":
+        assert torch.equal(out0, source_out), f"{name} is the baseline: it must predict as the source model"
+    else:
+        assert not torch.equal(out0, source_out), \
+            f"{name} still predicts as the source model after two scenes: give it TEST_PARAMS that make it move"
+    if declared0:
+        assert any(not torch.equal(p.detach(), p0) for p, p0 in zip(method.params, declared0, strict=True)), \
+            f"{name} declares {len(declared0)} parameters to adapt but moved none of them"
+
     method.reset()
     after = _state(model)
-    assert all(torch.equal(source[k], after[k]) for k in source), "reset must restore every weight and buffer"
+    assert all(torch.equal(initial[k], after[k]) for k in initial), "reset must restore every weight and buffer"
+    assert _bn_attrs(model) == bn0, "reset must restore the BN layers' modes and momenta"
+    assert not any(training for training, _, _ in bn0), "between scenes the BN layers are in eval mode"
     if opt0 is not None:
-        assert str(method.optimizer.state_dict()) == str(opt0)
-    method.adapt(_input(scenes[0], 0))
-    assert torch.equal(method.predict(_input(scenes[0], 0)), first)
+        assert str(method.optimizer.state_dict()) == str(opt0), "reset must restore the optimizer state"
+    again = run()
+    assert torch.equal(again[0], fresh), f"{name} predicts otherwise after reset than before adapting"
+    assert torch.equal(again[1], out0) and torch.equal(again[2], out1), \
+        f"{name}: adapting again after reset gives other predictions (its own state was not reset)"
+    assert all(torch.equal(adapted[k], v) for k, v in _state(model).items()), \
+        f"{name}: adapting again after reset ends in another model state"
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -14,7 +14,7 @@ from bench import selection as sel_mod
 from bench.data.datasets import DATASETS, Dataset
 from bench.data.scene import Scene
 from bench.errors import BenchError
-from bench.grid import GRID_DIR, Overrides, load_grid
+from bench.grid import Overrides, load_grid
 from bench.runner import run_grid
 from bench.select import run_selection
 from bench.selection import Selection, check_grid, load_selection
@@ -255,27 +255,18 @@ def test_every_declared_search_space_is_valid_and_small():
     assert searched >= 10
 
 
-def test_default_selection_grid_reads_no_test_pair():
-    """The default selection grid's validation pairs conflict with no built-in test grid (what
-    load_grid checks for every grid once a selection exists); synth-val may not be registered yet,
-    so the rules run on the grid file's streams."""
-    raw = tomllib.loads((GRID_DIR / "select.toml").read_text())
-    assert raw["select"]["for_grids"] == "all"
-    validation = [{"source": s["source"], "target": s["target"]} for s in raw["streams"]]
-    assert any(seg["dataset"] == "synth-val" for v in validation for seg in v["target"])
-    assert all(seg["split"] == "val" for v in validation for seg in v["target"])
-    fake = Selection(GRID_DIR / "select.toml", "v0", "now", validation, raw["seeds"], {"tent": {"lr": 0.01}})
-    grids = [p for p in sorted(GRID_DIR.glob("*.toml")) if "select" not in tomllib.loads(p.read_text())]
-    assert len(grids) >= 5
-    for p in grids:
-        g = load_grid(str(p), Overrides(selected="none"))
-        check_grid(fake, g.all_cells, g.name)
-    # the same rules do refuse a test grid that reads a validation pair's data
-    g = load_grid("corruptions", Overrides(selected="none"))
-    bad = Selection(GRID_DIR / "select.toml", "v0", "now", [{"source": "synth-scannet", "target": [
+def test_the_selection_rules_refuse_a_test_grid_on_a_validation_pair_s_data():
+    """A validation pair on a corrupted domain's val scenes conflicts with a test grid that tests that
+    corrupted domain (a fixture grid, tests/grids/corrupted.toml). That no shipped grid conflicts with the
+    default selection grid is checked in tests/test_grids.py."""
+    g = load_grid(str(Path(__file__).parent / "grids" / "corrupted.toml"), Overrides(selected="none"))
+    bad = Selection(Path("select.toml"), "v0", "now", [{"source": "synth-scannet", "target": [
         {"dataset": "synth-scannet:jitter@3", "split": "val", "scenes": 4}]}], [0], {"tent": {"lr": 0.01}})
     with pytest.raises(BenchError, match="same corrupted domain synth-scannet:jitter@3"):
         check_grid(bad, g.all_cells, g.name)
+    ok = Selection(Path("select.toml"), "v0", "now", [{"source": "synth-s3dis", "target": [
+        {"dataset": "synth-s3dis:jitter@3", "split": "val", "scenes": 4}]}], [0], {"tent": {"lr": 0.01}})
+    check_grid(ok, g.all_cells, g.name)
 
 
 def test_dry_run_names_the_checked_test_grids_and_what_the_budget_does():
