@@ -409,15 +409,16 @@ def test_a_row_made_inert_on_purpose_is_named_in_every_table_and_not_ranked(tmp_
 def test_an_adaptation_that_changes_nothing_is_named_against_its_own_model():
     """TTT-MAE adapting the joint-mae model without changing a prediction (n_same_source = every scored
     point) is inert "as its un-adapted model (recipe joint-mae)", though its mIoU is far below
-    Source-Only's (the recipe's loss, not the adaptation's); a row that moves its predictions is not."""
+    Source-Only's (the recipe's loss, not the adaptation's); a row that moves its predictions is not, and
+    neither is a model that never adapts (Joint-Train, equal to Source-Only here): it has no settings."""
     rows = [BASE, BN, row("MAE", "ttt_mae", 0.4, recipe="joint-mae", noise=0.01),
-            row("Moves", "tent", 0.45, noise=0.01)]
+            row("Moves", "tent", 0.45, noise=0.01), row("Joint-Train", "source", 0.5, recipe="joint-kd")]
     cells, scenes = fake(rows, seeds=(0, 1), scenes=10)
     scored = scenes["conf"].map(lambda c: float(np.sum(c)))
-    mae = scenes["cell_id"].str.startswith("MAE|")
+    mae = scenes["cell_id"].str.startswith("MAE|") | scenes["cell_id"].str.startswith("Joint-Train|")
     scenes["n_same_source"] = np.where(mae, scored, np.floor(0.5 * scored))
     res = Results.from_frames(cells, scenes)
-    assert res.inert == {"MAE"}
+    assert res.inert == {"MAE"}  # Joint-Train predicts as its model too, but it adapts nothing: not named
     assert res.inert_detail["MAE"] == ("its un-adapted model (recipe joint-mae)", "identical predictions")
     assert "MAE (as its un-adapted model (recipe joint-mae): identical predictions)" in \
         main_table(res, column_stats(res, n_boot=50)).caption

@@ -384,6 +384,9 @@ class Results:
         for r in self.order:
             if self.roles[r] != "method":  # the baseline is the reference; controls are never ranked anyway
                 continue
+            if (self.cells.loc[self.cells["row"] == r, "method"] == "source").all():
+                continue  # a model predicting as trained (Joint-Train): nothing adapts, so no settings to name
+
             for ref in ("base", "bn"):
                 verdicts = []
                 for j, col in enumerate(self.columns):
