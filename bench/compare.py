@@ -17,7 +17,7 @@ changes with the code), and each (row, pair) gets a verdict:
   guards the tolerance: a cell outside the tolerance disagrees only if the test also finds a
   systematic difference (p < ``ALPHA``); a gap carried by one or two scenes is noise. Without
   per-scene rows the tolerance alone decides.
-* Both folders are scored by the current rule (``bench.stats.rescore``: cell and scene mIoU from the
+* Both folders are scored by the current rule (``bench.rescore``: cell and scene mIoU from the
   per-scene confusion matrices, a class without ground-truth points not scored), so a reference
   written under an earlier rule compares with a new run on equal terms; folders without per-scene
   rows keep the mIoU their cells recorded.
@@ -43,7 +43,8 @@ from scipy import stats as sps
 from bench.data.classes import CLASSES
 from bench.env import PROJECT_ROOT
 from bench.errors import BenchError
-from bench.stats import Design, paired_test, rescore
+from bench.rescore import rescore
+from bench.stats import Design, paired_test
 from bench.store import ResultsStore
 
 log = logging.getLogger(__name__)

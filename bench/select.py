@@ -69,6 +69,7 @@ from bench import selection
 from bench.env import PROJECT_ROOT
 from bench.errors import BenchError
 from bench.selection import pair_label, validation_problems
+from bench.stats import ALPHA, INERT_AGREE, INERT_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,6 @@ SELECT_KEYS = {"for_grids", "allow_source_val", "space", "tolerance", "rule", "r
 DEFAULT_TOLERANCE = 0.005  # mIoU (0.5 points): candidates this close to the best count as tied, the cheapest wins
 RULES = ("v1", "v2")
 NO_CANDIDATE_DIFFERS = "no candidate differs from the baseline"
-INERT_MARGIN = 0.001  # mIoU as a fraction: 0.1 points
-INERT_AGREEMENT = 0.95  # share of points with the same predicted class
-INERT_ALPHA = 0.05  # the equivalence test's level (two one-sided tests)
 DIVERGED = 0.5  # a candidate whose score is below this fraction of its baseline's has diverged
 
 __all__ = ["run_selection", "Effect", "no_effect", "agreement", "Candidate", "expand", "space_of", "baseline_params",
@@ -98,46 +96,40 @@ class Effect:
     agreement: float  # share of points with the same predicted class (NaN: not known)
 
 
-def no_effect(row: Any, baseline: Any, same_points: float | None = None, margin: float = INERT_MARGIN,
-              min_agreement: float = INERT_AGREEMENT, alpha: float = INERT_ALPHA) -> Effect:
+def no_effect(row: Any, baseline: Any, same_points: float | None = None) -> Effect:
     """Is a row indistinguishable from its baseline? ``row`` and ``baseline`` are per-scene mIoU (fractions),
     paired by scene (pairs with a NaN are left out); ``same_points`` the share of points on which the
     two predict the same class (``agreement``), if known.
 
-    Inert when either (1) the paired differences are *equivalent* to zero within ``margin`` (0.1 mIoU
-    points): two one-sided t-tests at level ``alpha``, i.e. the (1 - 2 alpha) t interval of the mean
-    difference lies inside (-margin, margin) (with zero spread, the mean itself must); or (2) the two
-    predict the same class on at least ``min_agreement`` of the points."""
+    The report's inert rule, ``bench.stats.inert`` (one rule for both): inert when (1) the paired
+    differences are *equivalent* to zero within 0.1 mIoU points (the (1 - 2 alpha) percentile bootstrap
+    interval of the mean difference inside (-0.1, +0.1) points; scenes resampled as one stream), or
+    (2) the two predict the same class on at least 95 % of the points."""
     import numpy as np
-    from scipy import stats
+
+    from bench.stats import inert
 
     a, b = np.asarray(row, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape:
         raise BenchError(f"no_effect: {a.size} row values against {b.size} baseline values; pair them by scene")
-    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
     agree = float("nan") if same_points is None else float(same_points)
-    n = int(d.size)
+    known = same_points is not None and math.isfinite(agree)
+    r = inert(a, b, None, np.array([agree]) if known else None, np.array([1.0]) if known else None)
+    n = int(a.size)
     if n == 0:
-        return Effect(agree >= min_agreement, "no paired scene" if not agree >= min_agreement else
-                      f"same predictions on {100 * agree:.1f} % of points", 0, float("nan"),
-                      (float("nan"), float("nan")), agree)
-    mean = float(d.mean())
-    sd = float(d.std(ddof=1)) if n > 1 else 0.0
-    if sd == 0.0:
-        lo = hi = mean
-    elif n > 1:
-        half = float(stats.t.ppf(1 - alpha, n - 1)) * sd / math.sqrt(n)
-        lo, hi = mean - half, mean + half
-    equivalent = -margin < lo and hi < margin and (n > 1 or sd == 0.0)
-    shown = f"mean difference {100 * mean:+.3f} points, {100 * (1 - 2 * alpha):.0f} % interval " \
-            f"[{100 * lo:+.3f}, {100 * hi:+.3f}] over {n} scenes"
-    if equivalent:
-        why = f"equivalent within {100 * margin:.1f} points ({shown})"
-    elif agree >= min_agreement:
+        why = f"same predictions on {100 * agree:.1f} % of points" if r.inert else "no paired scene"
+        return Effect(r.inert, why, 0, float("nan"), (float("nan"), float("nan")), agree)
+    shown = f"mean difference {100 * r.diff:+.3f} points, {100 * (1 - 2 * ALPHA):.0f} % interval " \
+            f"[{100 * r.lo:+.3f}, {100 * r.hi:+.3f}] over {n} scenes"
+    if r.inert and r.reason == "equivalent":
+        why = f"equivalent within {100 * INERT_MARGIN:.1f} points ({shown})"
+    elif r.inert:
         why = f"same predictions on {100 * agree:.1f} % of points ({shown})"
     else:
-        why = f"differs: {shown}" + (f", same predictions on {100 * agree:.1f} % of points" if agree == agree else "")
-    return Effect(equivalent or agree >= min_agreement, why, n, mean, (lo, hi), agree)
+        why = f"differs: {shown}" + (f", same predictions on {100 * agree:.1f} % of points" if known else "")
+    return Effect(r.inert, why, n, r.diff, (r.lo, r.hi), agree)
 
 
 def agreement(row: Any, baseline: Any, weights: Any = None) -> float:
@@ -487,7 +479,7 @@ def _score(cands: list[Candidate], rows, budget_s: float | None, tolerance: floa
                 m["why"] = (f"{n_inert} of {len(ok)} candidates inert against the baseline "
                             f"({', '.join(f'{k}={v}' for k, v in m['baseline']['params'].items())}: equivalent within "
                             f"{100 * INERT_MARGIN:.1f} mIoU points or the same predictions on >= "
-                            f"{100 * INERT_AGREEMENT:.0f} % of points; largest mean difference {100 * largest:.3f} "
+                            f"{100 * INERT_AGREE:.0f} % of points; largest mean difference {100 * largest:.3f} "
                             f"points)" + (f", {n_div} diverged" if n_div else ""))
                 continue
             ok = left
@@ -551,10 +543,10 @@ def _document(path: Path, grid, sel_table: dict, tests: list, result: dict, budg
     if sel_table.get("rule_note"):
         head["rule_note"] = str(sel_table["rule_note"])
     if head["rule"] == "v2":
-        head["inert_rule"] = (f"equivalent within {100 * INERT_MARGIN:g} mIoU points (two one-sided t-tests, alpha "
-                              f"{INERT_ALPHA:g}, paired per-scene mIoU) or the same predicted class on >= "
-                              f"{100 * INERT_AGREEMENT:g} % of sampled points; diverged: score below {DIVERGED:g} x "
-                              "the baseline's")
+        head["inert_rule"] = (f"bench.stats.inert: equivalent within {100 * INERT_MARGIN:g} mIoU points (percentile "
+                              f"bootstrap interval at alpha {ALPHA:g}, paired per-scene mIoU) or the same predicted "
+                              f"class on >= {100 * INERT_AGREE:g} % of sampled points; diverged: score below "
+                              f"{DIVERGED:g} x the baseline's")
     lines = ["# Hyper-parameters selected by `python -m bench select` on validation pairs only (never a test pair).",
              "# Grids use these values for the parameters they do not set; rows record hp_source = \"selected:"
              f"{path.stem}\".", ""]

@@ -49,8 +49,8 @@ says so.
 * ``mean_rank_bootstrap``: mean rank over columns with a bootstrap interval (each column resampled
   on its own, paired across the rows of the column).
 * ``inert``: the one rule for "no effect at these settings" (imported by the selection code).
-* ``rescore``: cell and scene mIoU recomputed from the stored per-scene confusion matrices with the
-  current scoring rule (``bench.metrics``), so results written under an earlier rule read the same.
+
+Scoring stored results again by the current rule is ``bench.rescore``'s job.
 """
 
 from __future__ import annotations
@@ -63,8 +63,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.errors import BenchError
-from bench.metrics import ece, iou_per_class, miou
+from bench.metrics import miou
 
 ALPHA = 0.05
 N_BOOT = 1000  # resamples for intervals (of pooled mIoU and of mean ranks)
@@ -459,83 +458,6 @@ def inert(a: np.ndarray, b: np.ndarray, design: Design | None = None, same: np.n
     return Inertness(False, "", point, lo, hi, agree)
 
 
-# ---------------------------------------------------------------------------------------- rescore
-def check_histogram(count: np.ndarray, conf_sum: np.ndarray, correct: np.ndarray, where: str) -> None:
-    """The calibration histogram contract: equal-width bins over [0, 1]; per bin the number of points,
-    the *sum* of their maximum softmax probabilities (between count x lower edge and count x upper
-    edge) and the number predicted right (at most count). A BenchError naming ``where`` otherwise."""
-    count, conf_sum, correct = (np.asarray(x, dtype=np.float64) for x in (count, conf_sum, correct))
-    k = len(count)
-    edges = np.linspace(0.0, 1.0, k + 1)
-    tol = 1e-3 * np.maximum(count, 1.0)
-    if not (len(conf_sum) == len(correct) == k) or (count < 0).any() or (correct > count + 1e-9).any() \
-            or (conf_sum < count * edges[:-1] - tol).any() or (conf_sum > count * edges[1:] + tol).any():
-        raise BenchError(f"{where}: calibration histograms (calib_count, calib_conf, calib_correct) are not per-bin "
-                         f"point counts, confidence sums and correct counts over {k} equal-width bins of [0, 1]; "
-                         "re-run the cell with a version that writes them so")
-
-
-def scene_confs(scenes: pd.DataFrame, num_classes: int) -> np.ndarray:
-    """(n, C, C) confusion matrices of scene rows (their flattened ``conf`` lists)."""
-    if scenes.empty:
-        return np.zeros((0, num_classes, num_classes), dtype=np.int64)
-    return np.stack([np.asarray(c, dtype=np.int64).reshape(num_classes, num_classes) for c in scenes["conf"]])
-
-
-def rescore(cells: pd.DataFrame, scenes: pd.DataFrame, class_names: tuple[str, ...],
-            groups: dict[str, tuple[int, ...]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cells and scenes with mIoU recomputed from the per-scene confusion matrices by the current
-    scoring rule (``bench.metrics``): per scene ``miou`` (and ``miou_3d``, the same 3D prediction);
-    per cell with target scenes (probe rows left out) ``miou``, ``miou_3d``, ``iou_<class>`` from the
-    summed matrices, ``miou_<group>`` for each named class group, the value the cell recorded in
-    ``miou_recorded``, and ``ece`` pooled from the scenes' calibration histograms (``calib_count``,
-    ``calib_conf``, ``calib_correct``) where they have them. Cells without scene rows keep their
-    recorded values (their group columns from their ``iou_<class>`` columns)."""
-    c = len(class_names)
-    cells = cells.copy()
-    cells["miou_recorded"] = cells["miou"] if "miou" in cells else np.nan
-    for g in groups or {}:
-        cells[f"miou_{g}"] = np.nan
-    if "ece" not in cells:
-        cells["ece"] = np.nan
-    if scenes is None or scenes.empty or "conf" not in scenes:
-        for g, ids in (groups or {}).items():
-            cols = [f"iou_{class_names[i]}" for i in ids if f"iou_{class_names[i]}" in cells]
-            if cols:
-                cells[f"miou_{g}"] = cells[cols].astype(float).mean(axis=1, skipna=True)
-        return cells, scenes
-    scenes = scenes.copy()
-    confs = scene_confs(scenes, c)
-    scenes["miou"] = [miou(x) for x in confs]
-    if "miou_3d" in scenes or "miou_3d" in cells:
-        scenes["miou_3d"] = scenes["miou"]
-    target = ~scenes["probe"].fillna(False).astype(bool).to_numpy() if "probe" in scenes else np.ones(len(scenes), bool)
-    calib = all(k in scenes for k in ("calib_count", "calib_conf", "calib_correct"))
-    pos = pd.Series(np.arange(len(scenes)))[target].groupby(scenes["cell_id"].to_numpy()[target]).indices
-    order = np.flatnonzero(target)
-    for i, cid in zip(cells.index, cells["cell_id"]):
-        if cid not in pos:
-            continue
-        idx = order[pos[cid]]
-        total = confs[idx].sum(0)
-        cells.at[i, "miou"] = miou(total)
-        if "miou_3d" in cells:
-            cells.at[i, "miou_3d"] = miou(total)
-        iou = iou_per_class(total)
-        for k, name in enumerate(class_names):
-            if f"iou_{name}" in cells:
-                cells.at[i, f"iou_{name}"] = float(iou[k])
-        for g, ids in (groups or {}).items():
-            cells.at[i, f"miou_{g}"] = miou(total, ids)
-        if calib:
-            part = scenes.iloc[idx]
-            hist = [np.sum([np.asarray(v, dtype=np.float64) for v in part[k]], 0)
-                    for k in ("calib_count", "calib_conf", "calib_correct")]
-            check_histogram(*hist, where=f"cell {cid}")
-            cells.at[i, "ece"] = ece(*hist)
-    return cells, scenes
-
-
 __all__ = ["ALPHA", "INERT_AGREE", "INERT_MARGIN", "N_BOOT", "N_TEST", "Design", "Group", "Inertness", "boot_p",
-           "bootstrap_ci", "bootstrap_miou", "check_histogram", "holm", "inert", "mean_rank_bootstrap", "miou",
-           "miou_batch", "n_boot_for", "paired_test", "ranks", "rescore", "scene_confs", "top_group"]
+           "bootstrap_ci", "bootstrap_miou", "holm", "inert", "mean_rank_bootstrap", "miou",
+           "miou_batch", "n_boot_for", "paired_test", "ranks", "top_group"]

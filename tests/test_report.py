@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from bench import stats
+from bench import rescore, stats
 from bench.compare import SINGLE_SEED_TOL, compare, compare_frames, default_reference
 from bench.data.classes import CLASSES, NUM_CLASSES
 from bench.errors import BenchError
@@ -563,7 +563,7 @@ def test_compare_scores_an_old_reference_and_a_new_run_by_one_rule():
     spec = {"Source-Only": [_with_strays(0.7, 3)] * 6, "TENT": [_with_strays(0.8, 2)] * 6}
     ref_cells, ref_scenes = _cells_scenes(spec)
     run_cells, run_scenes = _cells_scenes(spec)
-    rescored, _ = stats.rescore(run_cells, run_scenes, CLASSES)
+    rescored, _ = rescore.rescore(run_cells, run_scenes, CLASSES)
     run_cells["miou"] = rescored["miou"]
     run_scenes["miou"] = [miou(np.asarray(c).reshape(NUM_CLASSES, NUM_CLASSES)) for c in run_scenes["conf"]]
     assert (run_cells["miou"] - ref_cells["miou"]).abs().min() > 2 * SINGLE_SEED_TOL

@@ -326,8 +326,8 @@ def test_the_projects_own_selection_grid_is_recorded_relative_to_the_project():
 
 # ------------------------------------------------------------------------------------------- rule v2
 def test_no_effect_names_equivalent_rows_and_identical_predictions_inert():
-    """The inert rule (importable by the report): equivalence of paired per-scene mIoU within 0.1 points
-    (two one-sided t-tests at 5 %), or the same predictions on >= 95 % of points."""
+    """The inert rule (the report's, bench.stats.inert): equivalence of paired per-scene mIoU within 0.1
+    points (bootstrap interval at 5 % each side), or the same predictions on >= 95 % of points."""
     from bench.select import agreement, no_effect
 
     rng = np.random.default_rng(0)

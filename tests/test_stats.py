@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import stats
+from bench import rescore, stats
 from bench.data.classes import CLASS_ID, CLASSES, NUM_CLASSES
 from bench.errors import BenchError
 from bench.metrics import ece, miou
@@ -153,7 +153,7 @@ def test_rescore_scores_only_classes_with_ground_truth_in_the_cells_scenes():
                            "conf": [s1.reshape(-1).tolist(), s2.reshape(-1).tolist()]})
     groups = {"structure": (CLASS_ID["wall"], CLASS_ID["floor"], CLASS_ID["ceiling"]),
               "object": tuple(i for i, c in enumerate(CLASSES) if c not in ("wall", "floor", "ceiling"))}
-    out, sc = stats.rescore(cells, scenes, CLASSES, groups)
+    out, sc = rescore.rescore(cells, scenes, CLASSES, groups)
     total = s1 + s2
     present = ["wall", "floor", "chair", "table"]
     iou = {k: total[CLASS_ID[k], CLASS_ID[k]] / (total[CLASS_ID[k]].sum() + total[:, CLASS_ID[k]].sum()
@@ -194,11 +194,11 @@ def test_rescore_pools_calibration_histograms_and_refuses_means_instead_of_sums(
     scenes = pd.DataFrame({"cell_id": ["c", "c"], "scene": ["a", "b"], "index": [0, 1], "conf": [conf, conf],
                            "calib_count": [h1[0], h2[0]], "calib_conf": [h1[1], h2[1]],
                            "calib_correct": [h1[2], h2[2]]})
-    out, _ = stats.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [1.0]}), scenes, CLASSES)
+    out, _ = rescore.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [1.0]}), scenes, CLASSES)
     assert out.at[0, "ece"] == pytest.approx((abs(9 - 6) + abs(5 - 5)) / 20)
     bad = scenes.assign(calib_conf=[[v / 10 if v else 0.0 for v in h1[1]], h2[1]])  # a mean, not a sum
     with pytest.raises(BenchError, match="cell c: calibration histograms"):
-        stats.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [1.0]}), bad, CLASSES)
+        rescore.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [1.0]}), bad, CLASSES)
 
 
 def test_many_units_are_resampled_in_chunks_with_the_same_rules(monkeypatch):
@@ -214,5 +214,5 @@ def test_many_units_are_resampled_in_chunks_with_the_same_rules(monkeypatch):
     a, b = d.boot_nested_mean(v, 7, seed=4), d.boot_nested_mean(v, 7, seed=4)
     assert a.shape == (7, 1) and np.array_equal(a, b)
     # the (recorded) ECE of cells without histograms is kept
-    out, _ = stats.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [0.3], "ece": [0.07]}), pd.DataFrame(), CLASSES)
+    out, _ = rescore.rescore(pd.DataFrame({"cell_id": ["c"], "miou": [0.3], "ece": [0.07]}), pd.DataFrame(), CLASSES)
     assert out.at[0, "ece"] == 0.07 and out.at[0, "miou"] == 0.3

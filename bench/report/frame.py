@@ -13,7 +13,7 @@
   seed, seed, training settings, test scenes); every difference against them is taken on that pair,
   scene by scene.
 * Scores are recomputed from the per-scene confusion matrices with the current scoring rule
-  (``bench.metrics``: a class without a ground-truth point is not scored; ``bench.stats.rescore``),
+  (``bench.metrics``: a class without a ground-truth point is not scored; ``bench.rescore``),
   so a folder written under an earlier rule reads the same as a new one; each cell also gets its
   structure mIoU (wall, floor, ceiling), object mIoU (every other class) and, where the scenes
   carry calibration histograms, its pooled ECE.
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import stats
+from bench import rescore, stats
 from bench.data.classes import CLASS_ID, CLASSES, NUM_CLASSES
 from bench.errors import BenchError
 from bench.roles import role
@@ -204,7 +204,7 @@ class Results:
             scenes = scenes[scenes["cell_id"].isin(set(ok["cell_id"]))]
             if "probe" in scenes:  # forgetting-probe rows (clean source scenes) are not target scenes
                 scenes = scenes[~scenes["probe"].fillna(False).astype(bool)]
-        ok, scenes = stats.rescore(ok, scenes, CLASSES, GROUPS)
+        ok, scenes = rescore.rescore(ok, scenes, CLASSES, GROUPS)
         ok = with_roles(ok)
         ok["row"] = _names(ok)
         for key in sorted({k for s in ok["params"] for k in _params(s)}):
@@ -260,7 +260,7 @@ class Results:
         if self.scenes.empty:
             return {}
         sc = self.scenes.reset_index(drop=True)
-        conf = stats.scene_confs(sc, NUM_CLASSES)
+        conf = rescore.scene_confs(sc, NUM_CLASSES)
         extra = [k for k in SAME_COLUMN.values() if k in sc]
         out = {}
         for cid, idx in sc.groupby("cell_id").indices.items():
