@@ -1,5 +1,5 @@
-"""Test-time augmentations of a point batch (DUA, CoTTA, MEMO, RoTTA, ROID, AdaContrast): rotation about z, scale, jitter,
-colour jitter. Point order is kept, so predictions of augmented copies can be averaged per point."""
+"""Test-time augmentations of a point batch (DUA, CoTTA, MEMO, RoTTA, ROID, AdaContrast): rotation about z,
+scale, jitter, colour jitter. Point order is kept, so predictions of augmented copies can be averaged per point."""
 
 from __future__ import annotations
 
