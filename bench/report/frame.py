@@ -386,7 +386,6 @@ class Results:
                 continue
             if (self.cells.loc[self.cells["row"] == r, "method"] == "source").all():
                 continue  # a model predicting as trained (Joint-Train): nothing adapts, so no settings to name
-
             for ref in ("base", "bn"):
                 verdicts = []
                 for j, col in enumerate(self.columns):
