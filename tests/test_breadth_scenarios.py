@@ -3,52 +3,18 @@ stream labels, that they reuse the shipped models, and the report's per-visit an
 tables and figure, on tiny registered datasets (``brd-a``/``brd-b``/``brd-c``)."""
 
 import json
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
+from toy_datasets import register
 
-from bench.data.classes import CLASS_ID
-from bench.data.datasets import DATASETS, Dataset
-from bench.data.scene import Scene
 from bench.grid import load_grid
 from bench.runner import run_grid
 from bench.spec import stream_period, visits
 
-
-class BreadthDataset(Dataset):
-    """Floor, wall and a chair or table per scene; colours shifted per dataset."""
-
-    has_views = False
-
-    def __init__(self, name: str, shift: float):
-        self.name, self.shift = name, shift
-        self.classes = (CLASS_ID["wall"], CLASS_ID["floor"], CLASS_ID["chair"], CLASS_ID["table"])
-
-    def scene_names(self, split, count=None):
-        return [f"{split}_{i}" for i in range(count or 2)]
-
-    def load(self, name, with_views=True):
-        h = zlib.crc32(f"{self.name}/{name}".encode())
-        rng = np.random.default_rng(h)
-        n = 300
-        coord = rng.uniform(0, 2, (n, 3)).astype(np.float32)
-        obj = CLASS_ID["chair"] if h % 2 else CLASS_ID["table"]
-        label = np.where(coord[:, 2] < 0.4, CLASS_ID["floor"], np.where(coord[:, 0] < 0.5, CLASS_ID["wall"], obj))
-        base = np.stack([0.15 * (label % 4), 0.2 * (label % 3), 0.1 * (label % 5)], 1) + 0.2
-        color = np.clip(base + self.shift + rng.normal(0, 0.03, (n, 3)), 0, 1).astype(np.float32)
-        normal = np.tile([0, 0, 1], (n, 1)).astype(np.float32)
-        return Scene(name, self.name, coord, color, label.astype(np.int64), normal)
-
-    def fingerprint(self):
-        return {"dataset": self.name}
-
-
-for _name, _shift in (("brd-a", 0.0), ("brd-b", 0.1), ("brd-c", 0.2)):
-    if _name not in DATASETS:
-        DATASETS.register(_name, description="issue-30 scenario test dataset")(
-            lambda _n=_name, _s=_shift, **kw: BreadthDataset(_n, _s))
+BRD_OBJECTS = ("table", "chair")  # a chair or a table per scene
+register({"brd-a": 0.0, "brd-b": 0.1, "brd-c": 0.2}, BRD_OBJECTS, "issue-30 scenario test dataset")
 
 HEAD = """
 name = "brd"

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import test_breadth_scenarios  # registers the brd-* datasets
+from toy_datasets import PlaneDataset
 
 from bench.data.classes import CLASS_ID
 from bench.errors import BenchError
@@ -110,7 +111,7 @@ def test_held_out_class_never_in_training_targets_and_columns(tmp_path, monkeypa
 
     monkeypatch.setattr(T, "segmentation_loss", recording)
     held = CLASS_ID["table"]
-    ds = test_breadth_scenarios.BreadthDataset("brd-a", 0.0)
+    ds = PlaneDataset("brd-a", 0.0, test_breadth_scenarios.BRD_OBJECTS)
     assert any((ds.load(n).label == held).any() for n in ds.scene_names("train", 2))  # the source has tables
     g = _grid(tmp_path, 'holdout_classes = ["table"]\n' + HEAD)
     run_grid(g, tmp_path / "out")

@@ -6,16 +6,14 @@ class per scene (chosen from the scene's name), so every scene has a dominant ob
 
 import importlib
 import json
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from toy_datasets import PlaneDataset, register
 
 from bench.data.classes import CLASS_ID, NUM_CLASSES
-from bench.data.datasets import DATASETS, Dataset
-from bench.data.scene import Scene
 from bench.errors import BenchError
 from bench.grid import load_grid
 from bench.metrics import miou
@@ -25,37 +23,8 @@ from bench.spec import Cell, StreamProtocol, order_stream, scene_order_key
 OBJECTS = ("chair", "table", "sofa", "bed")
 
 
-class ScenarioDataset(Dataset):
-    """Floor, wall and one object class per scene (which one is a function of the scene's name)."""
+register({"scn-a": 0.0, "scn-b": 0.1, "scn-c": 0.2}, OBJECTS, "scenario test dataset")
 
-    has_views = False
-
-    def __init__(self, name: str, shift: float):
-        self.name, self.shift = name, shift
-        self.classes = (CLASS_ID["wall"], CLASS_ID["floor"]) + tuple(CLASS_ID[o] for o in OBJECTS)
-
-    def scene_names(self, split, count=None):
-        return [f"{split}_{i}" for i in range(count or 2)]
-
-    def load(self, name, with_views=True):
-        h = zlib.crc32(f"{self.name}/{name}".encode())
-        rng = np.random.default_rng(h)
-        n = 300
-        coord = rng.uniform(0, 2, (n, 3)).astype(np.float32)
-        obj = CLASS_ID[OBJECTS[h % len(OBJECTS)]]
-        label = np.where(coord[:, 2] < 0.4, CLASS_ID["floor"], np.where(coord[:, 0] < 0.5, CLASS_ID["wall"], obj))
-        base = np.stack([0.15 * (label % 4), 0.2 * (label % 3), 0.1 * (label % 5)], 1) + 0.2
-        color = np.clip(base + self.shift + rng.normal(0, 0.03, (n, 3)), 0, 1).astype(np.float32)
-        normal = np.tile([0, 0, 1], (n, 1)).astype(np.float32)
-        return Scene(name, self.name, coord, color, label.astype(np.int64), normal)
-
-    def fingerprint(self):
-        return {"dataset": self.name}
-
-
-for _name, _shift in (("scn-a", 0.0), ("scn-b", 0.1), ("scn-c", 0.2)):
-    DATASETS.register(_name, description="scenario test dataset")(lambda _n=_name, _s=_shift, **kw:
-                                                                   ScenarioDataset(_n, _s))
 
 HEAD = """
 name = "scn"
@@ -179,7 +148,7 @@ def test_order_stream_shuffle_is_seeded_and_by_class_sorts():
 
 
 def test_scene_order_key_prefers_objects_and_room_type():
-    s = ScenarioDataset("scn-a", 0).load("test_0")
+    s = PlaneDataset("scn-a", 0, OBJECTS).load("test_0")
     dominant, room = scene_order_key(s)
     objs = s.label[~np.isin(s.label, [CLASS_ID["wall"], CLASS_ID["floor"]])]
     assert dominant == int(np.bincount(objs).argmax()) and room == ""
@@ -229,7 +198,7 @@ def test_correlated_order_is_monotone_in_its_key(stream_run):
     g, cells, scenes, _ = stream_run
     _, corr = _rows(cells, scenes, "source", "scn-b [by_class probe/2]")
     corr = corr[~corr["probe"]]
-    ds = ScenarioDataset("scn-b", 0.1)
+    ds = PlaneDataset("scn-b", 0.1, OBJECTS)
     keys = [scene_order_key(ds.load(n)) for n in corr["scene"]]
     assert keys == sorted(keys) and sorted(corr["scene"]) == ["test_0", "test_1", "test_2"]
 
