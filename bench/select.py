@@ -115,7 +115,7 @@ def no_effect(row: Any, baseline: Any, same_points: float | None = None) -> Effe
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     agree = float("nan") if same_points is None else float(same_points)
-    known = same_points is not None and math.isfinite(agree)
+    known = math.isfinite(agree)
     r = inert(a, b, None, np.array([agree]) if known else None, np.array([1.0]) if known else None)
     n = int(a.size)
     if n == 0:
