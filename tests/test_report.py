@@ -20,6 +20,7 @@ from bench.report import Results, column_stats, cost_matched_table, main_table, 
 from bench.report.figures import FIGURES, figure, figures, place_labels, reliability_table
 from bench.report.frame import with_roles
 from bench.report.tables import pct
+from bench.store import MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = next((p for p in (REPO / "results" / "reference" / "id_ood", REPO / "results" / "id_ood")
@@ -276,6 +277,12 @@ def test_report_on_the_committed_id_ood_reference(tmp_path):
     assert any(ln.startswith("TTT-KD (") and ln.endswith("[synth2d]") for ln in lines)
     assert "**" in md and "mean rank" in md
     assert "Oracle" not in (folder / "report" / "table_cost_matched.md").read_text()
+    assert "fig_pareto.svg" in written
+    # in a committed reference folder (its marker present) figures are PNG only, and old SVGs go
+    (folder / MARKER).write_text("")
+    again = {p.name for p in make_report(folder)}
+    assert "fig_pareto.png" in again and not any(n.endswith(".svg") for n in again)
+    assert not list((folder / "report").glob("*.svg"))
 
 
 # ---------------------------------------------------------------------------------------- compare

@@ -34,6 +34,7 @@ from bench.report.tables import (
     modal_table,
     stats_table,
 )
+from bench.store import MARKER
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,12 @@ def write_table(table: Table, out: Path, name: str) -> list[Path]:
 
 
 def make_report(folder: Path) -> list[Path]:
-    """Write every table and applicable figure for the results in ``folder`` under ``folder/report``."""
+    """Write every table and applicable figure for the results in ``folder`` under ``folder/report``.
+
+    Figures are written as PNG and SVG, except in a committed reference folder (one holding the
+    ``REFERENCE`` marker): there PNG only, and SVGs left from earlier reports are removed, to keep the
+    repository small (the SVGs were 11 MB of the 38 MB ``results/``). A copy of a reference folder
+    without its marker reports with SVGs again."""
     folder = Path(folder)
     res = load(folder)
     out = folder / "report"
@@ -61,7 +67,11 @@ def make_report(folder: Path) -> list[Path]:
     for name, table in tables.items():
         if table is not None:
             written += write_table(table, out, name)
-    written += figures(res, out)
+    reference = (folder / MARKER).exists()
+    if reference:
+        for old in out.glob("*.svg"):
+            old.unlink()
+    written += figures(res, out, ("png",) if reference else ("png", "svg"))
     log.debug("wrote %d report files under %s", len(written), out)
     return written
 

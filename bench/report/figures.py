@@ -44,13 +44,13 @@ def figure(name: str, applies: Callable[[Results], bool]):
     return deco
 
 
-def save(fig: plt.Figure, out: Path, stem: str, **savefig) -> list[Path]:
-    """Write ``stem.png`` and ``stem.svg`` byte for byte the same on every run of the same data (no date
-    in the metadata, SVG ids from a fixed salt), so regenerating a committed report changes no file whose
-    figure did not change."""
+def save(fig: plt.Figure, out: Path, stem: str, formats: tuple[str, ...] = ("png", "svg"), **savefig) -> list[Path]:
+    """Write ``stem.png`` and ``stem.svg`` (or the ``formats`` given) byte for byte the same on every run of
+    the same data (no date in the metadata, SVG ids from a fixed salt), so regenerating a committed report
+    changes no file whose figure did not change."""
     paths = []
     opts = {"dpi": 130, "bbox_inches": "tight", "pad_inches": 0.1, **savefig}
-    for ext in ("png", "svg"):
+    for ext in formats:
         p = out / f"{stem}.{ext}"
         with plt.rc_context({"svg.hashsalt": "ttt-bench"}):
             fig.savefig(p, metadata={"Date": None} if ext == "svg" else None, **opts)
@@ -59,12 +59,12 @@ def save(fig: plt.Figure, out: Path, stem: str, **savefig) -> list[Path]:
     return paths
 
 
-def figures(res: Results, out: Path) -> list[Path]:
+def figures(res: Results, out: Path, formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
     written: list[Path] = []
     for entry in FIGURES:
         if entry.applies(res):
             for stem, fig in entry.draw(res):
-                written += save(fig, out, stem)
+                written += save(fig, out, stem, formats)
     return written
 
 
