@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 FORMAT = "ttt-bench-zoo-1"
 QUANT_MIN = 4096  # tensors with fewer elements are kept in float16
+BUDGET_BYTES = 40_000_000  # every shipped model file together (the repository must stay easy to clone)
 
 
 def manifest_path(root: Path | None = None) -> Path:
@@ -115,6 +116,11 @@ def verify(root: Path | None = None) -> list[str]:
         except BenchError as e:
             problems.append(str(e))
     listed = {e["file"] for e in models.values()}
+    files = [Path(root or ZOO_DIR) / f for f in sorted(listed)]
+    total = sum(f.stat().st_size for f in files if f.is_file())
+    if total > BUDGET_BYTES:
+        problems.append(f"{Path(root or ZOO_DIR)}: the model files take {total / 1e6:.1f} MB, over the zoo's budget "
+                        f"of {BUDGET_BYTES / 1e6:.0f} MB (ship fewer models or store them more compactly)")
     for extra in sorted(p.name for p in Path(root or ZOO_DIR).glob("*.pt") if p.name not in listed):
         problems.append(f"{extra}: a model file that the manifest does not list (delete it, or retrain the zoo)")
     return problems

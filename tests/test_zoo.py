@@ -70,6 +70,20 @@ def test_verify_passes_then_names_corrupt_and_missing_files(tmp_path):
     assert len(problems) == 1 and "missing" in problems[0] and str(f) in problems[0]
 
 
+def test_verify_names_a_zoo_over_its_size_budget(tmp_path, monkeypatch):
+    key, f = _write_zoo(tmp_path)
+    monkeypatch.setattr(zoo, "BUDGET_BYTES", f.stat().st_size - 1)
+    problems = zoo.verify(tmp_path)
+    assert len(problems) == 1 and "over the zoo's budget" in problems[0]
+    monkeypatch.setattr(zoo, "BUDGET_BYTES", f.stat().st_size)
+    assert zoo.verify(tmp_path) == []
+
+
+def test_the_shipped_zoo_verifies_within_its_budget():
+    """Every committed model file matches the manifest and the files together stay within 40 MB."""
+    assert zoo.verify() == []
+
+
 def test_load_state_returns_the_packed_weights(tmp_path):
     state = small_state(3)
     key, _ = _write_zoo(tmp_path, state=state)
