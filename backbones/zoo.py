@@ -115,13 +115,13 @@ def verify(root: Path | None = None) -> list[str]:
                                 f"key {state.get('key')!r})")
         except BenchError as e:
             problems.append(str(e))
+    folder = Path(root or ZOO_DIR)
     listed = {e["file"] for e in models.values()}
-    files = [Path(root or ZOO_DIR) / f for f in sorted(listed)]
-    total = sum(f.stat().st_size for f in files if f.is_file())
+    total = sum(f.stat().st_size for f in (folder / name for name in listed) if f.is_file())
     if total > BUDGET_BYTES:
-        problems.append(f"{Path(root or ZOO_DIR)}: the model files take {total / 1e6:.1f} MB, over the zoo's budget "
+        problems.append(f"{folder}: the model files take {total / 1e6:.1f} MB, over the zoo's budget "
                         f"of {BUDGET_BYTES / 1e6:.0f} MB (ship fewer models or store them more compactly)")
-    for extra in sorted(p.name for p in Path(root or ZOO_DIR).glob("*.pt") if p.name not in listed):
+    for extra in sorted(p.name for p in folder.glob("*.pt") if p.name not in listed):
         problems.append(f"{extra}: a model file that the manifest does not list (delete it, or retrain the zoo)")
     return problems
 

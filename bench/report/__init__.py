@@ -51,8 +51,7 @@ def make_report(folder: Path) -> list[Path]:
 
     Figures are written as PNG and SVG, except in a committed reference folder (one holding the
     ``REFERENCE`` marker): there PNG only, and SVGs left from earlier reports are removed, to keep the
-    repository small (the SVGs were 11 MB of the 38 MB ``results/``). A copy of a reference folder
-    without its marker reports with SVGs again."""
+    repository small. A copy of a reference folder without its marker reports with SVGs again."""
     folder = Path(folder)
     res = load(folder)
     out = folder / "report"
