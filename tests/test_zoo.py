@@ -102,7 +102,7 @@ def test_unreadable_manifest_is_one_clear_error(tmp_path):
     zoo.clear_cache()
 
 
-# every shipped grid on synthetic data (zoo.SKIP_GRIDS: on real data): a fresh clone trains nothing for them
+# every shipped grid on synthetic data (bench.zoo.SKIP_GRIDS are on real data): a fresh clone trains nothing for them
 MUST_SHIP = tuple(sorted(p.stem for p in GRID_DIR.glob("*.toml") if p.stem not in SKIP_GRIDS))
 
 
